@@ -1,0 +1,3 @@
+from gridtsne.cli import main
+
+main()

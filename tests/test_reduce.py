@@ -1,0 +1,59 @@
+"""reduce: t-SNE to the unit square, deterministic, sized for small collections."""
+
+import numpy as np
+import pytest
+
+from gridtsne import reduce
+from gridtsne.workdir import StageError
+
+
+def clusters(n_per_cluster=15, dimension=64, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, dimension)) * 5
+    points = np.concatenate([c + rng.normal(size=(n_per_cluster, dimension)) for c in centres])
+    return points.astype(np.float32), np.repeat(np.arange(3), n_per_cluster)
+
+
+def test_same_seed_same_map_and_the_map_fills_the_unit_square():
+    points, _ = clusters()
+    first, kl = reduce.tsne_2d(points, seed=3)
+    second, _ = reduce.tsne_2d(points, seed=3)
+    assert np.array_equal(first, second)
+    assert first.dtype == np.float32 and first.shape == (45, 2)
+    assert first.min() >= 0 and first.max() <= 1
+    assert np.isclose(np.ptp(first, axis=0).max(), 1.0)
+    assert kl is not None and kl > 0
+
+
+def test_clusters_in_feature_space_stay_apart_on_the_map():
+    points, labels = clusters()
+    coords, _ = reduce.tsne_2d(points)
+    distance = np.linalg.norm(coords[:, None] - coords[None], axis=2)
+    same = labels[:, None] == labels[None]
+    assert distance[same].mean() * 3 < distance[~same].mean()
+
+
+def test_default_perplexity_fits_small_collections():
+    assert reduce.default_perplexity(1000) == 30
+    assert reduce.default_perplexity(20) < 20 / 3
+    points, _ = clusters(n_per_cluster=3)
+    coords, _ = reduce.tsne_2d(points)  # 9 points: openTSNE's 30 would fail
+    assert coords.shape == (9, 2)
+
+
+def test_too_few_for_tsne_still_gets_a_layout():
+    for n in (1, 2, 4):
+        coords, kl = reduce.tsne_2d(np.random.default_rng(n).random((n, 8)))
+        assert coords.shape == (n, 2) and kl is None
+        assert coords.min() >= 0 and coords.max() <= 1
+
+
+def test_an_impossible_perplexity_is_a_clear_error():
+    points, _ = clusters(n_per_cluster=3)
+    with pytest.raises(StageError, match="perplexity"):
+        reduce.tsne_2d(points, perplexity=30)
+
+
+def test_unit_square_keeps_the_shape_of_the_cloud():
+    square = reduce.to_unit_square(np.array([[0, 0], [4, 0], [4, 2], [0, 2]]))
+    assert square.tolist() == [[0, 0.25], [1, 0.25], [1, 0.75], [0, 0.75]]
