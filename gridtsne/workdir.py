@@ -189,21 +189,12 @@ class Workdir:
         manifest = self.read_manifest(stage)
         if manifest is None:
             return "never run"
-        params, inputs = jsonable(params), jsonable(inputs)
-        changed = sorted(
-            key
-            for key in set(params) | set(manifest.get("params", {}))
-            if params.get(key) != manifest["params"].get(key)
-        )
-        if changed:
-            return "options changed: " + ", ".join(changed)
-        changed = sorted(
-            key
-            for key in set(inputs) | set(manifest.get("inputs", {}))
-            if inputs.get(key) != manifest["inputs"].get(key)
-        )
-        if changed:
-            return "inputs changed: " + ", ".join(changed)
+        for kind, label, wanted in (("params", "options", params), ("inputs", "inputs", inputs)):
+            recorded = manifest.get(kind, {})
+            wanted = jsonable(wanted)
+            changed = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
+            if changed:
+                return f"{label} changed: " + ", ".join(changed)
         for name, recorded in manifest.get("outputs", {}).items():
             path = Path(manifest["output_paths"][name])
             if not path.is_file():
