@@ -6,15 +6,17 @@ progress bars and messages. Exit codes: 0 success, 1 failure, 2 usage error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 
 import click
 
 from gridtsne import __version__, assign, embed, pipeline, reduce, render
-from gridtsne.images import DEFAULT_MAX_PIXELS
-from gridtsne.workdir import StageError, Workdir, default_workdir
+from gridtsne.images import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS
+from gridtsne.workdir import Interrupted, StageError, Workdir, default_workdir
 
 MAX_SKIPS_LISTED = 10
 
@@ -43,19 +45,52 @@ output_options = _with(
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
 )
 
+def _extensions(ctx, param, value):
+    if value is None:
+        return DEFAULT_EXTENSIONS
+    return tuple(f".{ext.strip().lstrip('.').lower()}" for ext in value.split(",") if ext.strip())
+
+
 embed_options = _with(
-        click.option("--model", default=None, metavar="PATH.onnx",
-                     help="An ONNX image model to use instead of the shipped EfficientNet-Lite0."),
-        click.option("--preprocess", type=click.Path(dir_okay=False), default=None, metavar="PATH.json",
-                     help="Preprocessing of --model (resize_short_side, crop_size, mean, std). "
-                          "Default: the .json file beside the model."),
-        click.option("--batch-size", type=click.IntRange(1), default=embed.DEFAULT_BATCH_SIZE,
-                     show_default=True, help="Images per model call."),
-        click.option("--threads", type=click.IntRange(0), default=0,
-                     help="onnxruntime threads (0: onnxruntime decides)."),
-        click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
-                     help="Refuse images whose header claims more pixels (decompression bombs)."),
+    click.option("--ext", "extensions", callback=_extensions, default=None, metavar="LIST",
+                 help="Extensions a folder walk looks at, comma-separated (e.g. jpg,png). "
+                      "Default: " + ",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS) + "."),
+    click.option("--hidden", is_flag=True, help="Also look inside hidden files and folders."),
+    click.option("-0", "--null", is_flag=True, help="Paths read from stdin (PATH '-') are NUL-separated."),
+    click.option("--model", default=None, metavar="PATH.onnx",
+                 help="An ONNX image model to use instead of the shipped EfficientNet-Lite0."),
+    click.option("--preprocess", type=click.Path(dir_okay=False), default=None, metavar="PATH.json",
+                 help="Preprocessing of --model (resize_short_side, crop_size, mean, std). "
+                      "Default: the .json file beside the model."),
+    click.option("--provider", default="cpu", show_default=True,
+                 help="onnxruntime execution provider: cpu, cuda (needs onnxruntime-gpu), ..."),
+    click.option("--threads", type=click.IntRange(0), default=embed.DEFAULT_THREADS, show_default=True,
+                 help="onnxruntime threads (0: onnxruntime decides)."),
+    click.option("--batch-size", type=click.IntRange(1), default=embed.DEFAULT_BATCH_SIZE,
+                 show_default=True, help="Images per model call."),
+    click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse, unread, images whose header claims more pixels (decompression bombs)."),
+    click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+                 help="Embedding cache folder, to share between work directories. "
+                      "Default: $GRIDTSNE_CACHE, else WORK/cache."),
 )
+
+
+def _read_paths(paths: tuple[str, ...], null: bool) -> list[str]:
+    """PATHS, with '-' replaced by the paths on stdin (one a line, or NUL-separated with -0)."""
+    if "-" not in paths:
+        return list(paths)
+    data = sys.stdin.buffer.read()
+    listed = [os.fsdecode(p) for p in (data.split(b"\0") if null else data.splitlines()) if p.strip()]
+    return [path for given in paths for path in (listed if given == "-" else [given])]
+
+
+def _start_embed(paths, settings: dict) -> tuple[list[str], embed.Model, dict]:
+    """Split embed's options into the model to load and the keyword arguments of embed.run."""
+    settings = dict(settings)
+    model = embed.load_model(settings.pop("model"), settings.pop("preprocess"),
+                             settings.pop("threads"), settings.pop("provider"))
+    return _read_paths(paths, settings.pop("null")), model, settings
 
 reduce_options = _with(
     click.option("--seed", type=int, default=0, show_default=True,
@@ -124,6 +159,9 @@ def reports_errors(command):
             return command(*args, **kwargs)
         except StageError as error:
             raise click.ClickException(str(error)) from None
+        except Interrupted as interrupted:
+            click.echo(f"gridtsne: {interrupted}", err=True)
+            sys.exit(130)
         except KeyboardInterrupt:
             click.echo("gridtsne: interrupted; finished stages are kept, rerun to continue", err=True)
             sys.exit(130)
@@ -141,11 +179,12 @@ def _report(summary: dict, quiet: bool) -> None:
         return
     seconds = f"[{summary['seconds']:.1f} s]"
     if stage == "embed":
-        skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
-        if summary["skipped"]:
-            skipped += " (" + ", ".join(f"{n} {why}" for why, n in summary["skipped_by_reason"].items()) + ")"
+        shard = f" (shard {summary['shard']}, into the cache)" if "shard" in summary else ""
         reused = f" ({summary['reused']} from cache)" if summary["reused"] else ""
-        click.echo(f"embed: {summary['embedded']} images embedded{reused}{skipped} {seconds}", err=True)
+        skipped = (f", {summary['skipped']} skipped: {embed.describe_skips(summary['skipped_by_reason'])}"
+                   if summary["skipped"] else "")
+        click.echo(f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped} {seconds}",
+                   err=True)
     elif stage == "reduce":
         kl = summary["kl_divergence"]
         kl = f", KL divergence {kl:.3f}" if kl is not None else ""
@@ -196,30 +235,46 @@ def main():
     """
 
 
+def _shard(ctx, param, value):
+    try:
+        return None if value is None else embed.parse_shard(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @main.command("embed")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @workdir_option
 @embed_options
+@click.option("--shard", callback=_shard, default=None, metavar="K/N",
+              help="Embed only the K-th of N slices of the inputs, into the cache.")
 @jobs_option
 @output_options
 @reports_errors
-def embed_command(paths, workdir, model, preprocess, batch_size, threads, max_pixels, jobs, quiet, as_json):
-    """Compute a feature vector for every image under PATHS (files or folders).
+def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
+    """Compute a feature vector for every image under PATHS (files, folders, or - for stdin).
 
     Writes images.json, embeddings.npy and embed.json. Files that are not
     readable images are skipped and listed with a reason in images.json.
+    Vectors are cached by file content as each batch completes: a rerun
+    embeds only new or changed photos, and an interrupted run resumes.
+    With --shard K/N only the K-th of N slices is embedded, into the cache
+    alone; a later run without --shard assembles every slice.
 
     \b
     Example:
         gridtsne embed ./photos -w work
+        find /photos -name '*.jpg' -print0 | gridtsne embed -0 - -w work
+        gridtsne embed ./photos -w work --shard 2/4     # then: gridtsne embed ./photos -w work
     """
     wd = Workdir(workdir or default_workdir())
-    with wd.lock():
-        loaded = embed.load_model(model, preprocess, threads)
-        summary = embed.run(wd, list(paths), model=loaded, batch_size=batch_size, jobs=jobs,
-                            max_pixels=max_pixels, progress=not quiet)
+    paths, model, settings = _start_embed(paths, settings)
+    # Shards only add files to the cache, so several may run at once beside each other.
+    with (wd.lock() if shard is None else contextlib.nullcontext()):
+        summary = embed.run(wd, paths, model=model, jobs=jobs, shard=shard, progress=not quiet, **settings)
         _report(summary, quiet)
-        _list_skipped(wd, quiet)
+        if shard is None:
+            _list_skipped(wd, quiet)
     _emit(summary, as_json)
 
 
@@ -295,8 +350,8 @@ def render_command(output, workdir, tile_px, background, fit, quality, jobs, qui
 @click.option("--force", is_flag=True, help="Rerun every stage, fresh or not.")
 @output_options
 @reports_errors
-def all_command(photos, output, workdir, model, preprocess, batch_size, threads, max_pixels, seed,
-                perplexity, grid, tile_px, background, fit, quality, jobs, force, quiet, as_json):
+def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, background, fit, quality,
+                jobs, force, quiet, as_json, **embed_settings):
     """Run every stage from PHOTOS to the mosaic OUTPUT, skipping fresh ones.
 
     A stage is fresh when its inputs and options are unchanged since it last
@@ -316,12 +371,12 @@ def all_command(photos, output, workdir, model, preprocess, batch_size, threads,
             _list_skipped(wd, quiet)
 
     with wd.lock():
-        loaded = embed.load_model(model, preprocess, threads)
+        photos, model, embed_settings = _start_embed(photos, embed_settings)
         summaries = pipeline.run_all(
-            wd, list(photos), output, model=loaded, seed=seed, perplexity=perplexity, grid=grid,
+            wd, photos, output, model=model, embed_settings=embed_settings, seed=seed, perplexity=perplexity,
+            grid=grid,
             tile_px=tile_px, background=background, fit=fit, quality=quality, jobs=jobs,
             progress=not quiet, force=force, on_stage_done=stage_done,
-            batch_size=batch_size, max_pixels=max_pixels,
         )
     _emit(summaries, as_json, plain=summaries[-1]["output"])
 

@@ -1,28 +1,35 @@
 """Finding input images and opening one image safely.
 
-Opening never raises for a bad file: it raises ``UnreadableImage`` with a
-short reason, which the caller records in ``images.json`` and counts.
-Files are only ever opened for reading.
+Opening never raises anything but ``UnreadableImage``, whose text is a short
+reason of the form ``"kind: detail"``; the caller records it in
+``images.json`` and counts skips by kind. Files are only opened for reading.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+try:  # HEIC/HEIF (and AVIF on older Pillow) where the optional plugin is installed.
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_PLUGIN = True
+except ImportError:
+    HEIF_PLUGIN = False
+
 #: What a folder walk looks at. A file named on the command line is tried
 #: whatever its name: Pillow, not the extension, decides what is an image.
 DEFAULT_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp",
-    ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".ppm", ".pgm",
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".heic", ".heif", ".avif", ".jp2", ".ppm", ".pgm", ".pnm",
 )
 
 #: Pillow's own decompression-bomb threshold: refuse headers that claim more.
@@ -34,49 +41,87 @@ ORIENTATION_TAG = 0x0112
 #: Below this, a CNN sees little more than a blur.
 MIN_SIDE_PX = 16
 
+#: ISO-BMFF brands of HEIF/AVIF files, which Pillow reads only with a plugin.
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
 
 class UnreadableImage(Exception):
-    """A file that cannot be used as an image; ``str()`` is the reason."""
+    """A file that cannot be used as an image; ``str()`` is ``"kind: detail"``."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason (the words before the first colon)."""
+    return reason.split(":", 1)[0]
 
 
 @dataclass
 class Found:
-    """The outcome of looking for images: candidate files and refused paths."""
+    """The outcome of looking: files to try, in order, and paths refused on sight."""
 
-    files: list[Path]
-    missing: list[tuple[Path, str]]
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def find_images(
     paths: Iterable[str | os.PathLike],
     extensions: Iterable[str] = DEFAULT_EXTENSIONS,
     exclude: Iterable[str | os.PathLike] = (),
+    hidden: bool = False,
 ) -> Found:
-    """Files to try, sorted; folders are walked recursively, hidden entries skipped.
+    """Files to try, sorted; folders walked recursively, following symlinks safely.
 
-    The same file named twice (or reached through two routes) is kept once.
-    ``exclude`` keeps out files such as the mosaic itself, when it is written
-    into the folder of photos.
+    Hidden files and folders are left out unless ``hidden``. A folder reached
+    twice (a symlink loop) is walked once. A file reached under two names is
+    tried once and the other name is skipped as a duplicate. ``exclude`` keeps
+    out files such as the mosaic itself, written into the folder of photos.
     """
-    wanted = {ext.lower() for ext in extensions}
-    files: dict[Path, Path | None] = {Path(path).resolve(): None for path in exclude}
-    missing: list[tuple[Path, str]] = []
-    for given in paths:
-        root = Path(given).absolute()
-        if root.is_file():
-            files.setdefault(root.resolve(), root)
-        elif root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in filenames:
-                    path = Path(dirpath) / name
-                    if name.startswith(".") or path.suffix.lower() not in wanted:
-                        continue
-                    if path.is_file():
-                        files.setdefault(path.resolve(), path)
+    wanted = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
+    excluded = {Path(path).resolve() for path in exclude}
+    first_name: dict[Path, Path] = {}
+    looked_at: set[Path] = set()  # each path is reported once, however often it is reached
+    found = Found()
+
+    def consider(path: Path) -> None:
+        real = path.resolve()
+        if real in excluded or path in looked_at:
+            return
+        looked_at.add(path)
+        if real in first_name:
+            found.skipped.append((path, f"duplicate: same file as {first_name[real]}"))
         else:
-            missing.append((root, "no such file or folder"))
-    return Found(files=sorted(path for path in files.values() if path is not None), missing=missing)
+            first_name[real] = path
+            found.files.append(path)
+
+    walked: set[tuple[int, int]] = set()
+    for given in paths:
+        root = Path(os.path.abspath(given))
+        if root.is_dir():
+            for folder, subfolders, names in os.walk(root, followlinks=True):
+                stat = os.stat(folder)
+                if (stat.st_dev, stat.st_ino) in walked:
+                    subfolders[:] = []
+                    continue
+                walked.add((stat.st_dev, stat.st_ino))
+                subfolders[:] = sorted(d for d in subfolders if hidden or not d.startswith("."))
+                for name in sorted(names):
+                    path = Path(folder) / name
+                    if (hidden or not name.startswith(".")) and path.suffix.lower() in wanted:
+                        if path.is_file():
+                            consider(path)
+                        elif path.is_symlink():
+                            found.skipped.append((path, "missing: broken symbolic link"))
+        elif root.is_file():
+            consider(root)
+        elif root.is_symlink():
+            found.skipped.append((root, "missing: broken symbolic link"))
+        else:
+            found.skipped.append((root, "missing: no such file or folder"))
+    found.files.sort()
+    return found
 
 
 def fingerprint(files: Iterable[Path]) -> str:
@@ -88,17 +133,28 @@ def fingerprint(files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file, read in blocks so that memory stays small."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as error:
+        raise UnreadableImage("unreadable", error.strerror or str(error)) from None
+
+
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency is laid onto ``background``."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         pixels = np.asarray(image, dtype=np.float64)
-        # 16-bit files open as "I" too; scale their full range, not clip to 255.
+        # 16-bit files open as "I" too: scale their full range rather than clip at 255.
         top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
         image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = pixels.min(), pixels.max()
-        scaled = (pixels - low) / (high - low) * 255.0 if high > low else pixels * 0
+        if 0.0 <= low and high <= 1.0:  # the usual convention for float images
+            low, high = 0.0, 1.0
+        scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
         image = Image.fromarray(scaled.astype(np.uint8))
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
@@ -109,54 +165,66 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
     return image.convert("RGB")
 
 
+def _unidentified(path: Path) -> UnreadableImage:
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS and not HEIF_PLUGIN:
+        return UnreadableImage(
+            "unsupported format", "HEIC/AVIF needs the pillow-heif plugin: pip install 'gridtsne[heif]'"
+        )
+    return UnreadableImage("not an image", "Pillow cannot identify it")
+
+
 def open_image(
     path: Path,
     *,
     draft_px: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
-    data: bytes | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode one image to RGB, upright. Returns it and its original pixel size.
+    """Decode one image to RGB, upright. Returns it and its upright pixel size.
 
-    ``draft_px`` lets JPEG decoding skip detail that will be thrown away: the
-    result keeps both sides at least that large (or the original size).
+    The header is checked before any pixel is decoded, so a file that claims
+    more than ``max_pixels`` costs no memory. ``draft_px`` lets JPEG decoding
+    skip detail that will be thrown away (both sides stay at least that large).
+    Animated files give their first frame.
     """
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as error:
-            raise UnreadableImage(f"cannot read: {error.strerror or error}") from None
-    if not data:
-        raise UnreadableImage("empty file")
+    path = Path(path)
     try:
+        if os.stat(path).st_size == 0:
+            raise UnreadableImage("empty", "zero bytes")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise UnreadableImage(
-                    f"too many pixels: {width} x {height} is over the limit of {max_pixels}"
-                )
-            if min(width, height) < MIN_SIDE_PX:
-                raise UnreadableImage(f"too small: {width} x {height} pixels")
-            if draft_px:
-                image.draft("RGB", (draft_px, draft_px))
-            image.load()
-            try:
-                turned = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
-                image = ImageOps.exif_transpose(image)
-            except Exception:  # a broken EXIF block must not cost the picture
-                turned = False
-            if turned:
-                width, height = height, width
-            return _to_rgb(image, background), (width, height)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise UnreadableImage(
+                        "too large", f"{width} x {height} pixels is over the limit of {max_pixels}"
+                    )
+                if min(width, height) < MIN_SIDE_PX:
+                    raise UnreadableImage("too small", f"{width} x {height} pixels")
+                if draft_px:
+                    image.draft("RGB", (draft_px, draft_px))
+                image.load()
+                try:
+                    turned = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+                    upright = ImageOps.exif_transpose(image)
+                except Exception:  # a broken EXIF block must not cost the picture
+                    turned, upright = False, image
+                if turned:
+                    width, height = height, width
+                return _to_rgb(upright, background), (width, height)
     except UnreadableImage:
         raise
     except Image.DecompressionBombError:
-        raise UnreadableImage("too many pixels: refused as a decompression bomb") from None
+        raise UnreadableImage("too large", "refused by Pillow as a decompression bomb") from None
     except Image.UnidentifiedImageError:
-        raise UnreadableImage("not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
-        reason = str(error) or type(error).__name__
-        raise UnreadableImage(f"cannot decode: {reason}") from None
+        raise _unidentified(path) from None
+    except FileNotFoundError:
+        raise UnreadableImage("missing", "the file disappeared") from None
+    except PermissionError as error:
+        raise UnreadableImage("unreadable", error.strerror or str(error)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as error:
+        detail = str(error) or type(error).__name__
+        kind = "truncated" if "truncated" in detail or isinstance(error, EOFError) else "corrupt"
+        raise UnreadableImage(kind, detail) from None

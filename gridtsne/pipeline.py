@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from gridtsne import assign, embed, reduce, render
-from gridtsne.images import DEFAULT_MAX_PIXELS
 from gridtsne.workdir import StageError, Workdir
 
 STAGES = ("embed", "reduce", "assign", "render")
@@ -45,8 +44,7 @@ def run_all(
     output: str,
     *,
     model: embed.Model,
-    batch_size: int = embed.DEFAULT_BATCH_SIZE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    embed_settings: dict | None = None,
     seed: int = 0,
     perplexity: float | None = None,
     grid: tuple[int, int] | None = None,
@@ -63,8 +61,8 @@ def run_all(
     skip = not force
     summaries = []
     for step in (
-        lambda: embed.run(workdir, paths, model=model, batch_size=batch_size, max_pixels=max_pixels,
-                          exclude=[output], jobs=jobs, progress=progress, skip_if_fresh=skip),
+        lambda: embed.run(workdir, paths, model=model, exclude=[output], jobs=jobs, progress=progress,
+                          skip_if_fresh=skip, **(embed_settings or {})),
         lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, skip_if_fresh=skip),
         lambda: assign.run(workdir, grid=grid, skip_if_fresh=skip),
         lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit,

@@ -40,6 +40,10 @@ class StageError(Exception):
     """A problem the user can fix, such as a missing upstream artifact."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with a message saying how far the work got and what was kept."""
+
+
 def default_workdir(output: str | os.PathLike | None = None) -> Path:
     """Where to work when no ``-w`` is given.
 

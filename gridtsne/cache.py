@@ -1,0 +1,116 @@
+"""The embedding cache: vectors by file content and model, saved batch by batch.
+
+Embedding is the slow stage, so its results are kept as they are made: every
+finished batch becomes one small ``.npz`` chunk, written atomically under a
+unique name. A killed run loses at most the batch in flight, parallel shards
+can write into one cache at once, and a renamed, moved or copied photo is found
+again by its content hash. A (path, size, modification time) index lets a
+rerun skip reading unchanged files at all, as git does.
+
+Layout: ``<cache>/<model name>-<model key>/chunk-*.npz``; the key covers the
+model's bytes and its preprocessing, so another model never sees these vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from gridtsne.workdir import atomic_write
+
+ENV_VAR = "GRIDTSNE_CACHE"
+#: Merge chunks into one file after a complete run once there are more than this.
+COMPACT_ABOVE = 16
+
+
+@dataclass(frozen=True)
+class Record:
+    """One embedded file: where it was, what it was, what the model made of it."""
+
+    path: str
+    bytes: int
+    mtime_ns: int
+    sha256: str
+    width: int
+    height: int
+    vector: np.ndarray
+
+
+class EmbeddingCache:
+    """Embeddings of one model, looked up by content hash or by unchanged file stat."""
+
+    def __init__(self, root: str | os.PathLike, model_key: str):
+        self.folder = Path(root) / model_key
+        self.by_sha: dict[str, Record] = {}
+        self.by_stat: dict[tuple[str, int, int], str] = {}
+        self._load()
+
+    def __len__(self) -> int:
+        return len(self.by_sha)
+
+    def _chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
+
+    def _load(self) -> None:
+        for chunk in self._chunks():
+            try:
+                with np.load(chunk, allow_pickle=False) as data:
+                    columns = {name: data[name] for name in data.files}
+            except (OSError, ValueError, KeyError):
+                continue  # merged away by another process, or unreadable: recomputed if needed
+            for i, sha in enumerate(columns["sha256"].tolist()):
+                record = Record(
+                    str(columns["path"][i]), int(columns["bytes"][i]), int(columns["mtime_ns"][i]),
+                    sha, int(columns["size"][i][0]), int(columns["size"][i][1]), columns["vectors"][i],
+                )
+                self._remember(record)
+
+    def _remember(self, record: Record) -> None:
+        self.by_sha.setdefault(record.sha256, record)
+        self.by_stat[(record.path, record.bytes, record.mtime_ns)] = record.sha256
+
+    def sha_of_unchanged(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """The content hash of a file seen before with this size and time, if cached."""
+        sha = self.by_stat.get((path, size, mtime_ns))
+        return sha if sha in self.by_sha else None
+
+    def add(self, records: list[Record]) -> None:
+        """Save a batch of records as one new chunk, then remember them."""
+        if not records:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        chunk = self.folder / f"chunk-{uuid.uuid4().hex}.npz"
+        _write_chunk(chunk, records)
+        for record in records:
+            self._remember(record)
+
+    def compact(self) -> None:
+        """Merge many small chunks into one, so that loading stays quick."""
+        chunks = self._chunks()
+        if len(chunks) <= COMPACT_ABOVE:
+            return
+        # Every record's own stat is in by_stat, so one record per stat keeps everything.
+        records = [
+            replace(self.by_sha[sha], path=path, bytes=size, mtime_ns=mtime_ns)
+            for (path, size, mtime_ns), sha in self.by_stat.items()
+            if sha in self.by_sha
+        ]
+        _write_chunk(self.folder / f"merged-{uuid.uuid4().hex}.npz", records)
+        for chunk in chunks:
+            chunk.unlink(missing_ok=True)
+
+
+def _write_chunk(path: Path, records: list[Record]) -> None:
+    columns = {
+        "sha256": np.array([r.sha256 for r in records]),
+        "path": np.array([r.path for r in records]),
+        "bytes": np.array([r.bytes for r in records], dtype=np.int64),
+        "mtime_ns": np.array([r.mtime_ns for r in records], dtype=np.int64),
+        "size": np.array([(r.width, r.height) for r in records], dtype=np.int32).reshape(-1, 2),
+        "vectors": np.stack([r.vector for r in records]).astype(np.float32),
+    }
+    atomic_write(path, lambda handle: np.savez(handle, **columns))
