@@ -216,8 +216,8 @@ def open_image(
                 return _to_rgb(upright, background), (width, height)
     except UnreadableImage:
         raise
-    except Image.DecompressionBombError:
-        raise UnreadableImage("too large", "refused by Pillow as a decompression bomb") from None
+    except Image.DecompressionBombError as error:  # Pillow's own check, for the most extreme claims
+        raise UnreadableImage("too large", str(error)) from None
     except Image.UnidentifiedImageError:
         raise _unidentified(path) from None
     except FileNotFoundError:
