@@ -56,7 +56,7 @@ def find_images(
 
     The same file named twice (or reached through two routes) is kept once.
     ``exclude`` keeps out files such as the mosaic itself, when it is written
-    into the folder of photos.
+    into the folder of photos, and folders such as a web page's.
     """
     wanted = {ext.lower() for ext in extensions}
     files: dict[Path, Path | None] = {Path(path).resolve(): None for path in exclude}
@@ -67,7 +67,8 @@ def find_images(
             files.setdefault(root.resolve(), root)
         elif root.is_dir():
             for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                     and (Path(dirpath) / d).resolve() not in files)
                 for name in filenames:
                     path = Path(dirpath) / name
                     if name.startswith(".") or path.suffix.lower() not in wanted:
