@@ -82,7 +82,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=100_000)
     parser.add_argument("--tile", type=int, default=32)
-    parser.add_argument("--keep", type=Path, default=None, help="Build here and keep it (default: a temp dir).")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Build here and keep it (default: a temporary folder).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)

@@ -67,7 +67,8 @@ def run_all(
     summaries = []
     for step in (
         lambda: embed.run(workdir, paths, model=model, batch_size=batch_size, max_pixels=max_pixels,
-                          exclude=render.paths_written(output, image_format), jobs=jobs, progress=progress, skip_if_fresh=skip),
+                          exclude=render.paths_written(output, image_format), jobs=jobs,
+                          progress=progress, skip_if_fresh=skip),
         lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, skip_if_fresh=skip),
         lambda: assign.run(workdir, grid=grid, skip_if_fresh=skip),
         lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,

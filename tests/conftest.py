@@ -4,8 +4,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 from gridtsne import embed
 

@@ -153,7 +153,8 @@ def test_every_render_option_makes_render_stale(tmp_path, colour_photos):
     options = {"tile_px": 8, "fit": "crop", "gap_px": 0, "background": "black", "quality": 90}
     render.run(work, tmp_path / "m.jpg", progress=False, **options)
     assert render.run(work, tmp_path / "m.jpg", progress=False, skip_if_fresh=True, **options)["ran"] is False
-    for name, value in {"tile_px": 9, "fit": "pad", "gap_px": 1, "background": "white", "quality": 80}.items():
+    other = {"tile_px": 9, "fit": "pad", "gap_px": 1, "background": "white", "quality": 80}
+    for name, value in other.items():
         changed = options | {name: value}
         assert render.run(work, tmp_path / "m.jpg", progress=False, skip_if_fresh=True, **changed)["ran"]
         render.run(work, tmp_path / "m.jpg", progress=False, **options)

@@ -57,7 +57,7 @@ def test_the_page_shows_the_mosaic_and_names_and_opens_the_photo_under_the_point
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
     assert cli("render", tmp_path / "page.html", "-w", work.path, "--tile", 300,
                "--background", "white").exit_code == 0
-    blue, yellow = colour_photos[2], colour_photos[3]
+    blue = colour_photos[2]
     report = browser(tmp_path / "page" / "index.html", [CELLS[2], CELLS[3]], tmp_path / "shot.png")
 
     assert report["errors"] == []

@@ -1,5 +1,6 @@
 // Opens a gridtsne web page from the file system in headless Chromium and reports what a user would see.
 //   node check_page.mjs '{"page": "/abs/index.html", "cells": [3, 7], "screenshot": "/abs/shot.png"}'
+// Optional: "zoomSteps": press + that often first; "pointAt": the cell to hover for the screenshot.
 // Prints one JSON object: console errors, the label shown on hovering each cell, the URL a click opens.
 import { chromium } from "playwright-core";
 
@@ -18,6 +19,7 @@ try {
   await page.goto("file://" + job.page, { waitUntil: "load" });
   await page.waitForFunction(() => window.gridtsneView && window.gridtsneView.tilesLoaded() > 1,
                              null, { timeout: 10000 });
+  for (let step = 0; step < (job.zoomSteps || 0); step++) await page.keyboard.press("+");
   await page.waitForTimeout(300);
   for (const cell of job.cells) {
     const at = await page.evaluate((c) => window.gridtsneView.cellCentre(c), cell);
@@ -37,6 +39,11 @@ try {
     report.opened = popup.url();
     await page.mouse.move(2, 2);
   }
+  if (job.pointAt !== undefined) {
+    const at = await page.evaluate((c) => window.gridtsneView.cellCentre(c), job.pointAt);
+    await page.mouse.move(at.x, at.y);
+  }
+  await page.waitForTimeout(300);
   report.tilesLoaded = await page.evaluate(() => window.gridtsneView.tilesLoaded());
   if (job.screenshot) await page.screenshot({ path: job.screenshot });
 } finally {
