@@ -175,7 +175,7 @@ def test_version_help_and_python_dash_m(cli):
     from gridtsne import __version__
 
     assert __version__ in cli("--version").stdout
-    for command in ("embed", "reduce", "assign", "render", "all", "status"):
+    for command in ("embed", "reduce", "assign", "render", "export", "all", "status"):
         assert "Example:" in cli(command, "--help").stdout
     result = subprocess.run([sys.executable, "-m", "gridtsne", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "embed" in result.stdout
