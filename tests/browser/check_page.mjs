@@ -10,15 +10,17 @@ const browser = await chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"],
 });
-const report = { errors: [], hovers: [], opened: null, tilesLoaded: 0 };
+const report = { errors: [], hovers: [], opened: null, tilesLoaded: 0, firstTilesMs: null };
 try {
   const page = await browser.newPage({ viewport: { width: job.width || 1000, height: job.height || 700 } });
   page.on("console", (message) => { if (message.type() === "error") report.errors.push(message.text()); });
   page.on("pageerror", (error) => report.errors.push(String(error)));
   page.on("requestfailed", (request) => report.errors.push("failed to load " + request.url()));
+  const started = Date.now();
   await page.goto("file://" + job.page, { waitUntil: "load" });
   await page.waitForFunction(() => window.gridtsneView && window.gridtsneView.tilesLoaded() > 1,
                              null, { timeout: 10000 });
+  report.firstTilesMs = Date.now() - started;  // from opening the page to the mosaic on screen
   for (let step = 0; step < (job.zoomSteps || 0); step++) await page.keyboard.press("+");
   await page.waitForTimeout(300);
   for (const cell of job.cells) {
