@@ -5,8 +5,9 @@ import io
 import json
 
 import numpy as np
-from conftest import layout_workdir
-from test_render import CELLS
+
+from .conftest import layout_workdir
+from .test_render import CELLS
 
 
 def test_csv_has_a_header_and_one_row_per_photo_matching_the_work_directory(cli, tmp_path, colour_photos):

@@ -4,11 +4,12 @@ import io
 
 import numpy as np
 import pytest
-from conftest import layout_workdir
 from PIL import Image
 
 from gridtsne import render, tiles
 from gridtsne.workdir import StageError
+
+from .conftest import layout_workdir
 
 #: Colours of the conftest ``colour_photos``, in order, and the cells this layout puts them in.
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]

@@ -6,12 +6,13 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from conftest import layout_workdir
 from PIL import Image
-from test_render import CELLS
 
 from gridtsne import render, web
 from gridtsne.workdir import StageError
+
+from .conftest import layout_workdir
+from .test_render import CELLS
 
 
 def page_data(folder):

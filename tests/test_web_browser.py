@@ -13,8 +13,9 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import layout_workdir
-from test_render import CELLS
+
+from .conftest import layout_workdir
+from .test_render import CELLS
 
 BROWSER_TEST = Path(__file__).resolve().parent / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
