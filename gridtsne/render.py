@@ -94,7 +94,7 @@ class Mosaic:
 
     def _grid_rows(self) -> Iterator[Image.Image]:
         """One full-width image per grid row, tile_px high, top to bottom."""
-        order = sorted(range(len(self.entries)), key=lambda index: int(self.cell_of_image[index]))
+        order = np.argsort(self.cell_of_image, kind="stable").tolist()
         made = tiles.in_order(self.tiles, self.entries, order, self.jobs)
         bar = tqdm(made, total=len(order), unit="img", desc="render", file=sys.stderr,
                    disable=None if self.progress else True)
@@ -112,7 +112,9 @@ class Mosaic:
             if tile is None:
                 self.unreadable.append({"path": self.entries[index]["path"], "reason": reason})
                 continue
-            row_image.paste(tiles.place(tile, self.tile_px, self.background), (col * self.pitch_px, 0))
+            # A "pad" tile is smaller than tile_px on one side: centre it on the background.
+            row_image.paste(tile, (col * self.pitch_px + (self.tile_px - tile.width) // 2,
+                                   (self.tile_px - tile.height) // 2))
         yield row_image
         for _ in range(row_now + 1, self.rows):
             yield blank_row()
@@ -126,7 +128,7 @@ class Mosaic:
 
     def strips(self, height_px: int | None = None) -> Iterator[Image.Image]:
         """The picture as horizontal strips, top to bottom, each ``height_px`` high
-        (the last may be lower); by default one grid row (and the gap below it) each."""
+        (the last may be lower); by default each grid row and each gap as they come."""
         if height_px is None:
             yield from self._pieces()
             return

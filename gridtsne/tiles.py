@@ -7,8 +7,9 @@ photo's content hash from ``images.json``, the tile size and the fit. A new
 layout at the same tile size therefore decodes no photo again.
 
 How a photo fills its square tile is a choice among a few small functions
-behind one name (``FITS``). "pad" tiles are cached without their margins, so
-the background colour can change without remaking them.
+behind one name (``FITS``). "pad" tiles are made and cached without their
+margins (the mosaic centres them on its background), so the background colour
+can change without remaking them.
 """
 
 from __future__ import annotations
@@ -59,15 +60,6 @@ FITS = {"crop": _crop, "pad": _pad, "stretch": _stretch}
 def make_tile(image: Image.Image, tile_px: int, fit: str) -> Image.Image:
     """The tile of one decoded photo: tile_px square, or for "pad" at most that."""
     return FITS[fit](image, tile_px)
-
-
-def place(tile: Image.Image, tile_px: int, background: tuple[int, int, int]) -> Image.Image:
-    """A tile_px square with ``tile`` centred on ``background`` (a no-op for full tiles)."""
-    if tile.size == (tile_px, tile_px):
-        return tile
-    square = Image.new("RGB", (tile_px, tile_px), background)
-    square.paste(tile, ((tile_px - tile.width) // 2, (tile_px - tile.height) // 2))
-    return square
 
 
 class Tiles:

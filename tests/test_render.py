@@ -34,11 +34,16 @@ def test_crop_fills_the_tile_without_stretching():
     assert tile.getpixel((10, 25))[0] > 200 and tile.getpixel((40, 25))[2] > 200
 
 
-def test_pad_shows_the_whole_photo_on_the_background():
-    tile = tiles.place(tiles.make_tile(two_tone(400, 100), 40, "pad"), 40, (0, 255, 0))
-    assert tile.size == (40, 40)
-    assert tile.getpixel((20, 2)) == (0, 255, 0)  # margin above a wide photo
-    assert tile.getpixel((2, 20))[0] > 200 and tile.getpixel((38, 20))[2] > 200
+def test_pad_keeps_the_whole_photo_and_the_mosaic_centres_it_on_the_background(tmp_path, colour_photos):
+    tile = tiles.make_tile(two_tone(400, 100), 40, "pad")
+    assert tile.size == (40, 10)  # the whole photo, its long side the tile's
+    assert tile.getpixel((2, 5))[0] > 200 and tile.getpixel((38, 5))[2] > 200
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    _, picture = render_to(work, tmp_path / "m.png", tile_px=30, fit="pad", background="#00ff00")
+    left, top = 30, 30  # cell 4: the red photo, 120 x 80, so a 30 x 20 tile with 5 px above and below
+    assert picture.getpixel((left + 15, top + 2)) == (0, 255, 0)
+    assert near(picture.getpixel((left + 15, top + 15)), COLOURS[0])
+    assert picture.getpixel((left + 15, top + 27)) == (0, 255, 0)
 
 
 def test_stretch_squeezes_the_whole_photo_into_the_tile():
