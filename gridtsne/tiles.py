@@ -84,8 +84,16 @@ class Tiles:
         return self.folder / sha[:2] / f"{sha}.tile"
 
     def tile(self, entry: dict) -> Image.Image:
-        """The tile of one ``images.json`` entry; raises ``UnreadableImage``."""
-        cached = self._cache_path(entry)
+        """The tile of one ``images.json`` entry; raises ``UnreadableImage``.
+
+        The cache is used only while the photo is still there, its size unchanged:
+        a photo gone since embed is reported, not drawn from memory.
+        """
+        try:
+            unchanged = Path(entry["path"]).stat().st_size == entry.get("bytes")
+        except OSError:
+            unchanged = False  # open_image below says why
+        cached = self._cache_path(entry) if unchanged else None
         if cached is not None:
             try:
                 with Image.open(cached) as image:

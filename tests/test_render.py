@@ -133,6 +133,7 @@ def test_a_new_layout_at_the_same_tile_size_decodes_no_photo_again(tmp_path, col
 def test_a_photo_that_cannot_be_read_at_render_time_leaves_its_cell_empty_and_is_reported(
         tmp_path, colour_photos):
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    render.run(work, tmp_path / "before.png", tile_px=10, progress=False)  # their tiles are cached now
     colour_photos[2].unlink()  # blue, moved away since embed
     colour_photos[3].write_bytes(b"not a picture any more")  # yellow, overwritten
     summary, picture = render_to(work, tmp_path / "m.png", tile_px=10, background="white")
