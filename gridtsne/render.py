@@ -173,8 +173,23 @@ def _too_large(name: str, width: int, height: int, limit: str) -> StageError:
     )
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this machine has free now (Linux: MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class PillowWriter:
     """JPEG, WebP, TIFF: Pillow encodes the whole picture, so it is built in memory first."""
+
+    #: Pillow keeps an RGB picture at 4 bytes a pixel.
+    BYTES_PER_PIXEL = 4
 
     def __init__(self, name: str, pil_format: str, largest_side: int, save_options: dict):
         self.name, self.pil_format = name, pil_format
@@ -185,6 +200,12 @@ class PillowWriter:
             raise _too_large(self.name.upper(), width, height, f"at most {self.largest_side:,} px a side")
         if self.pil_format == "TIFF" and width * height * 3 >= 2**32:
             raise _too_large("TIFF", width, height, "classic TIFF files end at 4 GiB")
+        needed, available = width * height * self.BYTES_PER_PIXEL, available_memory_bytes()
+        # Refuse now rather than be killed for memory after minutes of decoding photos.
+        if available is not None and needed > 0.8 * available:
+            raise _too_large(self.name.upper(), width, height,
+                             f"it must be held in memory to be encoded: {needed / 2**30:.1f} GiB, "
+                             f"and {available / 2**30:.1f} GiB are free")
 
     def save(self, mosaic: Mosaic, destination: Path | BinaryIO) -> dict:
         picture = mosaic.picture()

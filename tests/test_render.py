@@ -117,6 +117,15 @@ def test_a_mosaic_too_large_for_one_file_points_to_png_and_the_web_page():
     render.resolve_writer("m.html").check(10**6, 10**6)
 
 
+def test_a_jpeg_that_would_not_fit_in_memory_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(render, "available_memory_bytes", lambda: 2**30)  # 1 GiB free
+    with pytest.raises(StageError) as error:
+        render.resolve_writer("m.jpg").check(20_000, 20_000)  # 1.5 GiB to hold
+    assert "in memory" in str(error.value) and ".png" in str(error.value)
+    render.resolve_writer("m.jpg").check(10_000, 10_000)  # 0.4 GiB: fine
+    render.resolve_writer("m.png").check(20_000, 20_000)  # streamed: fine
+
+
 def test_a_new_layout_at_the_same_tile_size_decodes_no_photo_again(tmp_path, colour_photos):
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
     first, _ = render_to(work, tmp_path / "a.jpg", tile_px=12)
