@@ -1,18 +1,20 @@
 """Time and peak memory of `gridtsne render` for a very large collection (default 100,000 photos).
 
     python benchmarks/render_scale.py [--photos 100000] [--tile 32] [--keep DIR]
+                                      [--outputs mosaic.jpg,mosaic.jpg,mosaic.png,gallery.html]
 
 Builds a work directory as embed, reduce and assign would leave it for N
 photos (no model run: images.json, a random coords.npy, grid.npy on the
 default near-square grid, assign.json). The photos are N symbolic links to
 the sample photos (at most 640 px JPEGs), each with its own path and its own
 content hash in images.json, so every one is decoded and cached on its own
-as N distinct photos would be. Then it runs, each as a separate process:
+as N distinct photos would be. Then it renders each of --outputs in turn,
+each as a separate process; by default:
 
-1. render mosaic.jpg    first render: decodes every photo, fills the tile cache
-2. render mosaic.jpg    after a new layout (grid.npy shuffled): tiles from the cache
-3. render mosaic.png    the streamed PNG writer, from the cache
-4. render gallery.html  the web page with its tile pyramid, from the cache
+1. mosaic.jpg    first render: decodes every photo, fills the tile cache
+2. mosaic.jpg    after a new layout (grid.npy shuffled): tiles from the cache
+3. mosaic.png    the streamed PNG writer, from the cache
+4. gallery.html  the web page with its tile pyramid, from the cache
 
 and prints wall time and peak resident memory (ru_maxrss of that process).
 """
@@ -82,6 +84,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=100_000)
     parser.add_argument("--tile", type=int, default=32)
+    parser.add_argument("--outputs", default="mosaic.jpg,mosaic.jpg,mosaic.png,gallery.html",
+                        help="What to render, in order; the layout changes before the second.")
     parser.add_argument("--keep", type=Path, default=None,
                         help="Build here and keep it (default: a temporary folder).")
     args = parser.parse_args()
@@ -92,11 +96,10 @@ def main():
         print(f"{args.photos:,} photos, {args.tile} px tiles; work directory built in "
               f"{time.perf_counter() - started:.0f} s; {os.cpu_count()} CPUs")
         print(f"{'run':<44}{'seconds':>9}{'peak MiB':>10}  picture")
-        steps = [("first render, .jpg (decodes every photo)", "mosaic.jpg"),
-                 ("new layout, .jpg (tiles from the cache)", "mosaic.jpg"),
-                 ("same, .png (streamed strip by strip)", "mosaic.png"),
-                 ("same, .html (web page, tile pyramid)", "gallery.html")]
-        for number, (label, name) in enumerate(steps):
+        kinds = {".jpg": "", ".png": " (streamed strip by strip)", ".html": " (web page, tile pyramid)"}
+        for number, name in enumerate(args.outputs.split(",")):
+            when = ["first render", "new layout", "same layout"][min(number, 2)]
+            label = f"{when}, {Path(name).suffix}{kinds.get(Path(name).suffix, '')}"
             if number == 1:
                 new_layout(work, args.photos, np.random.default_rng(1))
             seconds, peak_mib, summary = measure("render", folder / name, "-w", work.path,
