@@ -14,9 +14,9 @@ import sys
 
 import click
 
-from gridtsne import __version__, assign, embed, pipeline, reduce, render
+from gridtsne import __version__, assign, embed, export, pipeline, reduce, render
 from gridtsne.images import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS
-from gridtsne.workdir import Interrupted, StageError, Workdir, default_workdir
+from gridtsne.workdir import ENV_VAR, Interrupted, StageError, Workdir, default_workdir
 
 MAX_SKIPS_LISTED = 10
 
@@ -114,15 +114,8 @@ def assign_options(command):
                         help="Grid shape, e.g. 12x16. Default: the smallest near-square grid.")(command)
 
 
-def _output(ctx, param, value):
-    try:
-        render.output_format(value)
-    except StageError as error:
-        raise click.BadParameter(str(error)) from None
-    return value
-
-
-output_argument = click.argument("output", type=click.Path(dir_okay=False), callback=_output)
+# OUTPUT is checked with --format (in _check_output): with it, any name will do.
+output_argument = click.argument("output", type=click.Path(dir_okay=False, allow_dash=True))
 
 
 def _colour(ctx, param, value):
@@ -135,14 +128,30 @@ def _colour(ctx, param, value):
 
 render_options = _with(
         click.option("--tile", "tile_px", type=click.IntRange(4), default=render.DEFAULT_TILE_PX,
-                     show_default=True, help="Tile size in pixels."),
-        click.option("--background", default="black", show_default=True, callback=_colour,
-                     help="Colour of empty cells and margins: a name or #RRGGBB."),
+                     show_default=True, help="Tile size in pixels (the web page's full zoom)."),
         click.option("--fit", type=click.Choice(render.FITS), default="crop", show_default=True,
-                     help="crop: fill the tile, cutting the edges; fit: whole photo, with margins."),
+                     help="crop: fill the tile, cutting the edges; pad: whole photo on the background; "
+                          "stretch: whole photo squeezed to a square."),
+        click.option("--gap", "gap_px", type=click.IntRange(0), default=0, show_default=True,
+                     help="Pixels of background between tiles."),
+        click.option("--background", default="black", show_default=True, callback=_colour,
+                     help="Colour of empty cells, gaps and margins: a name or #RRGGBB."),
         click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-                     help="JPEG/WebP quality."),
+                     help="JPEG/WebP quality (also of the web page's tiles)."),
+        click.option("--format", "image_format", type=click.Choice(render.FORMATS), default="auto",
+                     show_default=True, help="Output format; auto: from OUTPUT's extension. "
+                                             "Needed when OUTPUT is - (stdout)."),
 )
+
+
+def _check_output(output: str, image_format: str, as_json: bool) -> None:
+    """Usage errors of OUTPUT with --format and --json: exit 2 before any work."""
+    try:
+        render.format_of(output, image_format)
+    except StageError as error:
+        raise click.UsageError(str(error)) from None
+    if output == render.STDOUT and as_json:
+        raise click.UsageError("--json cannot share stdout with the picture: leave it out with -")
 
 
 def jobs_option(command):
@@ -196,10 +205,14 @@ def _report(summary: dict, quiet: bool) -> None:
                    f"{summary['rms_displacement_cells']:.2f} cells {seconds}", err=True)
     elif stage == "render":
         missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
+        cached = f", {summary['from_cache']} from the tile cache" if summary.get("from_cache") else ""
         click.echo(f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
-                   f"{summary['tiles']} tiles{missing}) {seconds}", err=True)
-        for entry in summary["unreadable"]:
+                   f"{summary['tiles']} tiles{cached}{missing}) {seconds}", err=True)
+        for entry in summary["unreadable"][:MAX_SKIPS_LISTED]:
             click.echo(f"  unreadable now: {entry['path']}: {entry['reason']}", err=True)
+        if len(summary["unreadable"]) > MAX_SKIPS_LISTED:
+            click.echo(f"  ... and {len(summary['unreadable']) - MAX_SKIPS_LISTED} more, listed in "
+                       "render.json", err=True)
 
 
 def _list_skipped(workdir: Workdir, quiet: bool) -> None:
@@ -323,19 +336,60 @@ def assign_command(workdir, grid, quiet, as_json):
 @jobs_option
 @output_options
 @reports_errors
-def render_command(output, workdir, tile_px, background, fit, quality, jobs, quiet, as_json):
-    """Draw the mosaic to OUTPUT (.jpg, .png or .webp) and print its path.
+def render_command(output, workdir, tile_px, fit, gap_px, background, quality, image_format, jobs,
+                   quiet, as_json):
+    """Draw the mosaic to OUTPUT and print its path.
+
+    OUTPUT's extension picks the format: .jpg/.jpeg, .png, .webp, .tif/.tiff,
+    or .html for a zoomable web page (a folder named after it, with
+    index.html). - writes the picture to stdout, in the --format given.
+    Photos are decoded at the size needed and their tiles cached in the work
+    directory, so another layout at the same --tile decodes nothing again.
 
     \b
     Example:
         gridtsne render mosaic.jpg -w work --tile 96 --background white
+        gridtsne render gallery.html -w work              # open gallery/index.html
+        gridtsne render - --format png -w work | other-tool
     """
+    _check_output(output, image_format, as_json)
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = render.run(wd, output, tile_px=tile_px, background=background, fit=fit,
-                             quality=quality, jobs=jobs, progress=not quiet)
+        summary = render.run(wd, output, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
+                             quality=quality, image_format=image_format, jobs=jobs, progress=not quiet,
+                             stdout=sys.stdout.buffer)
     _report(summary, quiet)
-    _emit(summary, as_json, plain=summary["output"])
+    if output != render.STDOUT:
+        _emit(summary, as_json, plain=summary["output"])
+
+
+@main.command("export")
+@workdir_option
+@click.option("--format", "table_format", type=click.Choice(export.FORMATS), default="auto",
+              show_default=True, help="auto: from -o's extension, else csv.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Write to this file instead of stdout.")
+@reports_errors
+def export_command(workdir, table_format, output):
+    """Print each photo's grid position and t-SNE coordinates, one row per photo.
+
+    Columns: index (row in images.json and embeddings.npy), path, row, col,
+    cell (row * cols + col), x, y (coords.npy, in [0, 1]). Skipped files
+    have no row.
+
+    \b
+    Example:
+        gridtsne export -w work > positions.csv
+        gridtsne export -w work --format jsonl | jq -r 'select(.row == 0) | .path'
+        gridtsne export -w work -o positions.json
+    """
+    wd = Workdir(workdir or default_workdir())
+    text = export.export(wd, export.format_of(output, table_format))
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        export.save(output, text)
+        click.echo(str(output), err=True)
 
 
 @main.command("all")
@@ -350,8 +404,8 @@ def render_command(output, workdir, tile_px, background, fit, quality, jobs, qui
 @click.option("--force", is_flag=True, help="Rerun every stage, fresh or not.")
 @output_options
 @reports_errors
-def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, background, fit, quality,
-                jobs, force, quiet, as_json, **embed_settings):
+def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, fit, gap_px, background, quality,
+                image_format, jobs, force, quiet, as_json, **embed_settings):
     """Run every stage from PHOTOS to the mosaic OUTPUT, skipping fresh ones.
 
     A stage is fresh when its inputs and options are unchanged since it last
@@ -362,7 +416,11 @@ def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, backgr
     Example:
         gridtsne all ./photos mosaic.jpg
         gridtsne all ./photos mosaic.jpg --seed 3     # reruns reduce, assign, render
+        gridtsne all ./photos gallery.html            # a zoomable web page
     """
+    _check_output(output, image_format, as_json)
+    if output == render.STDOUT and not (workdir or os.environ.get(ENV_VAR)):
+        raise click.UsageError("with - as OUTPUT, name the work directory: -w DIR")
     wd = Workdir(workdir or default_workdir(output))
 
     def stage_done(summary):
@@ -374,11 +432,12 @@ def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, backgr
         photos, model, embed_settings = _start_embed(photos, embed_settings)
         summaries = pipeline.run_all(
             wd, photos, output, model=model, embed_settings=embed_settings, seed=seed, perplexity=perplexity,
-            grid=grid,
-            tile_px=tile_px, background=background, fit=fit, quality=quality, jobs=jobs,
-            progress=not quiet, force=force, on_stage_done=stage_done,
+            grid=grid, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px, quality=quality,
+            image_format=image_format, jobs=jobs, progress=not quiet, force=force,
+            on_stage_done=stage_done, stdout=sys.stdout.buffer,
         )
-    _emit(summaries, as_json, plain=summaries[-1]["output"])
+    if output != render.STDOUT:
+        _emit(summaries, as_json, plain=summaries[-1]["output"])
 
 
 @main.command("status")

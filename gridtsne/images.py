@@ -77,7 +77,8 @@ def find_images(
     Hidden files and folders are left out unless ``hidden``. A folder reached
     twice (a symlink loop) is walked once. A file reached under two names is
     tried once and the other name is skipped as a duplicate. ``exclude`` keeps
-    out files such as the mosaic itself, written into the folder of photos.
+    out files and folders that gridtsne writes itself (the mosaic, a web page's
+    folder) when they are written into the folder of photos.
     """
     wanted = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
     excluded = {Path(path).resolve() for path in exclude}
@@ -106,7 +107,10 @@ def find_images(
                     subfolders[:] = []
                     continue
                 walked.add((stat.st_dev, stat.st_ino))
-                subfolders[:] = sorted(d for d in subfolders if hidden or not d.startswith("."))
+                subfolders[:] = sorted(
+                    d for d in subfolders
+                    if (hidden or not d.startswith(".")) and (Path(folder) / d).resolve() not in excluded
+                )
                 for name in sorted(names):
                     path = Path(folder) / name
                     if (hidden or not name.startswith(".")) and path.suffix.lower() in wanted:

@@ -51,22 +51,26 @@ def run_all(
     tile_px: int = render.DEFAULT_TILE_PX,
     background: str = "black",
     fit: str = "crop",
+    gap_px: int = 0,
     quality: int = 90,
+    image_format: str = "auto",
     jobs: int | None = None,
     progress: bool = True,
     force: bool = False,
     on_stage_done=lambda summary: None,
+    stdout=None,
 ) -> list[dict]:
     """Run every stage that is not fresh, in order, as Make would."""
     skip = not force
     summaries = []
     for step in (
-        lambda: embed.run(workdir, paths, model=model, exclude=[output], jobs=jobs, progress=progress,
-                          skip_if_fresh=skip, **(embed_settings or {})),
+        lambda: embed.run(workdir, paths, model=model, exclude=render.paths_written(output, image_format),
+                          jobs=jobs, progress=progress, skip_if_fresh=skip, **(embed_settings or {})),
         lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, skip_if_fresh=skip),
         lambda: assign.run(workdir, grid=grid, skip_if_fresh=skip),
-        lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit,
-                           quality=quality, jobs=jobs, progress=progress, skip_if_fresh=skip),
+        lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
+                           quality=quality, image_format=image_format, jobs=jobs, progress=progress,
+                           skip_if_fresh=skip, stdout=stdout),
     ):
         summaries.append(step())
         on_stage_done(summaries[-1])

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from gridtsne import embed
 
@@ -49,3 +50,47 @@ def cli(monkeypatch):
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+def layout_workdir(folder: Path, photo_paths: list[Path], cell_of_image, rows: int, cols: int):
+    """A work directory as embed, reduce and assign leave it, for these photos in these cells.
+
+    Lets render and export be tested on chosen photos and cells without running the model.
+    """
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from gridtsne import assign
+    from gridtsne.workdir import COORDS, GRID, IMAGES, Workdir, save_json, save_npy
+
+    work = Workdir(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [{"path": str(path), "bytes": path.stat().st_size,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "width": 0, "height": 0}
+               for path in photo_paths]
+    save_json(work.file(IMAGES), {"images": entries, "skipped": []})
+    cells = np.asarray(cell_of_image, dtype=np.int32)
+    rows_of, cols_of = np.divmod(cells, cols)
+    save_npy(work.file(COORDS), np.stack([cols_of / max(cols - 1, 1), rows_of / max(rows - 1, 1)],
+                                         axis=1).astype(np.float32))
+    save_npy(work.file(GRID), cells)
+    work.finish_stage("assign", assign.parameters(None), assign.current_inputs(work),
+                      {GRID: work.file(GRID)}, time.perf_counter(), {"rows": rows, "cols": cols})
+    return work
+
+
+@pytest.fixture
+def colour_photos(tmp_path) -> list[Path]:
+    """Six photos of one colour each (some not square), so a test can tell tiles apart by colour."""
+    folder = tmp_path / "colours"
+    folder.mkdir()
+    colours = ["red", "lime", "blue", "yellow", "magenta", "cyan"]
+    sizes = [(120, 80), (80, 120), (100, 100), (300, 200), (64, 64), (90, 60)]
+    paths = []
+    for name, size in zip(colours, sizes, strict=True):
+        path = folder / f"{name}.jpg"
+        Image.new("RGB", size, name).save(path, quality=95)
+        paths.append(path)
+    return paths

@@ -41,7 +41,8 @@ def test_stages_one_by_one_write_the_documented_artifacts(cli, photos, tmp_path)
     assert result.stdout.strip() == str(tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as mosaic:
         assert mosaic.format == "PNG" and mosaic.size == (4 * 32, 3 * 32)
-    assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == sorted(ARTIFACTS)
+    written = sorted(p.name for p in work.iterdir() if not p.name.startswith("."))
+    assert written == sorted(ARTIFACTS + ["thumbs"])  # thumbs/: render's tile cache
 
 
 def test_all_makes_a_mosaic_and_a_rerun_skips_every_stage_and_rewrites_nothing(cli, photos, tmp_path):
@@ -174,7 +175,7 @@ def test_version_help_and_python_dash_m(cli):
     from gridtsne import __version__
 
     assert __version__ in cli("--version").stdout
-    for command in ("embed", "reduce", "assign", "render", "all", "status"):
+    for command in ("embed", "reduce", "assign", "render", "export", "all", "status"):
         assert "Example:" in cli(command, "--help").stdout
     result = subprocess.run([sys.executable, "-m", "gridtsne", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "embed" in result.stdout
