@@ -49,7 +49,12 @@ def run_all(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     seed: int = 0,
     perplexity: float | None = None,
+    pca_dims: int = reduce.PCA_DIMS,
     grid: tuple[int, int] | None = None,
+    aspect: tuple[float, float] | None = None,
+    solver: str = "auto",
+    subset: bool = False,
+    refine: bool = True,
     tile_px: int = render.DEFAULT_TILE_PX,
     background: str = "black",
     fit: str = "crop",
@@ -58,6 +63,7 @@ def run_all(
     progress: bool = True,
     force: bool = False,
     on_stage_done=lambda summary: None,
+    on_message=lambda text: None,
 ) -> list[dict]:
     """Run every stage that is not fresh, in order, as Make would."""
     skip = not force
@@ -65,8 +71,9 @@ def run_all(
     for step in (
         lambda: embed.run(workdir, paths, model=model, batch_size=batch_size, max_pixels=max_pixels,
                           exclude=[output], jobs=jobs, progress=progress, skip_if_fresh=skip),
-        lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, skip_if_fresh=skip),
-        lambda: assign.run(workdir, grid=grid, skip_if_fresh=skip),
+        lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, pca_dims=pca_dims, skip_if_fresh=skip),
+        lambda: assign.run(workdir, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
+                           skip_if_fresh=skip, on_message=on_message),
         lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit,
                            quality=quality, jobs=jobs, progress=progress, skip_if_fresh=skip),
     ):

@@ -133,7 +133,8 @@ def run(
         return int(cell_of_image[index]), make_tile(image, tile_px, fit, colour)
 
     with ThreadPoolExecutor(max_workers=jobs or min(4, os.cpu_count() or 1)) as pool:
-        tiles = tqdm(pool.map(tile_of, range(len(listing))), total=len(listing), unit="img",
+        placed = [index for index in range(len(listing)) if cell_of_image[index] >= 0]  # -1: left out
+        tiles = tqdm(pool.map(tile_of, placed), total=len(placed), unit="img",
                      desc="render", disable=None if progress else True, file=sys.stderr)
         canvas = compose(((cell, tile) for cell, tile in tiles if tile is not None),
                          rows, cols, tile_px, colour)
@@ -144,7 +145,7 @@ def run(
         "output": str(output),
         "width": canvas.width,
         "height": canvas.height,
-        "tiles": len(listing) - len(unreadable),
+        "tiles": len(placed) - len(unreadable),
         "unreadable": unreadable,
     }
     return workdir.finish_stage(STAGE, params, inputs, {"output": output}, started, results)

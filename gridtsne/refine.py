@@ -1,0 +1,74 @@
+"""Improve a grid layout against the embedding itself (LAS-style local sorting).
+
+The assignment places images where the 2-D map puts them; the map is a
+compression of the embedding, so neighbours on the grid are close in the map
+but not always the closest in the embedding. Refinement works on the grid
+directly, in the manner of Linear Assignment Sorting (Barthel et al. 2023):
+smooth the grid of embedding vectors with a small box filter, so that every
+cell holds what its neighbourhood looks like, then re-assign the images of
+each window of cells to that window's cells by an exact linear assignment
+that puts each image where the smoothed grid is most like it. Windows are
+small and shifted between passes, so images move only locally: the global
+arrangement of the t-SNE map stays, and the local order becomes that of the
+embedding. Every window is a complete assignment of the images it holds, so
+the layout stays complete.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gridtsne.assign import occupants, windows
+
+#: Filter radii of the passes, in cells: coarse to fine.
+DEFAULT_RADII = (2, 2, 1, 1, 1, 1)
+DEFAULT_WINDOW = 8
+
+
+def box_mean(grid: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of the occupied cells in a (2r+1)^2 box around every cell (rows x cols x D)."""
+    from scipy.ndimage import uniform_filter
+
+    size = 2 * radius + 1
+    total = uniform_filter(grid * weight[..., None], size=(size, size, 1), mode="constant")
+    count = uniform_filter(weight, size=size, mode="constant")
+    return total / np.maximum(count, 1e-12)[..., None]
+
+
+def refine_layout(
+    vectors: np.ndarray,
+    cell_of_image: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    radii: tuple[int, ...] = DEFAULT_RADII,
+    window: int = DEFAULT_WINDOW,
+) -> np.ndarray:
+    """A new cell for every image (-1 stays -1), sorted locally against ``vectors``."""
+    from scipy.optimize import linear_sum_assignment
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    cell_of_image = np.asarray(cell_of_image, dtype=np.int64).copy()
+    placed = cell_of_image >= 0
+    dimension = vectors.shape[1]
+    for index, radius in enumerate(radii):
+        grid = np.zeros((rows * cols, dimension), dtype=np.float32)
+        grid[cell_of_image[placed]] = vectors[placed]
+        weight = np.zeros(rows * cols, dtype=np.float32)
+        weight[cell_of_image[placed]] = 1.0
+        target = box_mean(grid.reshape(rows, cols, dimension), weight.reshape(rows, cols), radius)
+        target = target.reshape(rows * cols, dimension)
+        target_sq = (target**2).sum(axis=1)
+        occupant = occupants(cell_of_image, rows, cols)
+        shift = (window // 2) * (index % 2)
+        for r0, r1, c0, c1 in windows(rows, cols, window, shift):
+            members = occupant[r0:r1, c0:c1].ravel()
+            members = members[members >= 0]
+            if len(members) < 2:
+                continue
+            window_cells = (np.arange(r0, r1)[:, None] * cols + np.arange(c0, c1)[None, :]).ravel()
+            # ||x - t||^2 without the ||x||^2 that every cell shares.
+            cost = target_sq[window_cells][None, :] - 2.0 * (vectors[members] @ target[window_cells].T)
+            image_index, cell_index = linear_sum_assignment(cost)
+            cell_of_image[members[image_index]] = window_cells[cell_index]
+    return cell_of_image.astype(np.int32)
