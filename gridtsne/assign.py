@@ -130,7 +130,7 @@ class BlocksSolver:
 
     name = "blocks"
 
-    def __init__(self, block_cells: int = 64, window: int = 16, max_passes: int = 20, tolerance: float = 1e-4):
+    def __init__(self, block_cells: int = 64, window: int = 16, max_passes: int = 12, tolerance: float = 1e-4):
         self.block_cells, self.window = block_cells, window
         self.max_passes, self.tolerance = max_passes, tolerance
 
@@ -317,7 +317,7 @@ def layout(
     placed = np.flatnonzero(cell_of_image >= 0)
     before = quality.layout_quality(vectors[placed], cell_of_image[placed], cols) if refine else None
     if refine:
-        cell_of_image = refinement.refine_layout(vectors, cell_of_image, rows, cols)
+        cell_of_image = refinement.refine_layout(refinement.projected(vectors), cell_of_image, rows, cols)
     after = quality.layout_quality(vectors[placed], cell_of_image[placed], cols)
     results = {
         "images": len(coords),

@@ -41,6 +41,8 @@ NEIGHBOURS_K = 10
 #: Query images sampled when N is larger; below it every image is a query.
 SAMPLE_SIZE = 1000
 SAMPLE_SEED = 0
+#: Embedding neighbours looked at beyond the k-th, for ties at the k-th place.
+_TIE_MARGIN = 16
 #: Distance rows computed at once: bounds the working memory to ~64 MB.
 _CHUNK_BYTES = 64 << 20
 
@@ -57,27 +59,40 @@ def _distances(queries: np.ndarray, points: np.ndarray, point_sq: np.ndarray) ->
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-def _grid_order(
-    grid_distance: np.ndarray, embedding_distance: np.ndarray, by_embedding: np.ndarray, k: int, ties: str
+def _expected_grid_order(
+    grid_distance: np.ndarray, embedding_distance: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One query's embedding distances in grid order (self dropped), and each image's
-    weight as one of the k nearest grid neighbours (1, 0, or a share for a tied ring)."""
-    # Stable sort by grid distance of the embedding order: ties come nearest-first.
-    order = by_embedding[np.argsort(grid_distance[by_embedding], kind="stable")][1:]
-    ring = grid_distance[order]
-    along_grid = embedding_distance[order]
-    starts = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
-    sizes = np.diff(np.r_[starts, len(ring)])
-    if ties == "expected":
-        # Within a ring every order is equally likely: each place holds the ring's mean.
-        along_grid = np.repeat(np.add.reduceat(along_grid, starts) / sizes, sizes)
+    """One query's embedding distances in grid order (self dropped), every ring of equal
+    grid distance at its mean; and each image's weight as one of the k nearest grid
+    neighbours (1, 0, or its share of the ring that holds the k-th place).
+
+    Rings are summed with bincount over the (integer, squared) grid distance:
+    O(N) per query, no sort.
+    """
+    counts = np.bincount(grid_distance)
+    sums = np.bincount(grid_distance, weights=embedding_distance)
+    counts[0] = 0  # the query itself
+    rings = np.flatnonzero(counts)
+    along_grid = np.repeat(sums[rings] / counts[rings], counts[rings])
+    ends = np.cumsum(counts[rings])
+    ring_of_kth = int(np.searchsorted(ends, k))
+    before = int(ends[ring_of_kth - 1]) if ring_of_kth else 0
+    share = np.zeros(len(counts))
+    share[rings[:ring_of_kth]] = 1.0
+    share[rings[ring_of_kth]] = (k - before) / counts[rings[ring_of_kth]]
+    return along_grid, share[grid_distance] * (grid_distance > 0)
+
+
+def _favourable_grid_order(
+    grid_distance: np.ndarray, embedding_distance: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """As above, but within a ring the nearest in the embedding come first (the authors' code)."""
+    by_embedding = np.argsort(embedding_distance)
+    order = by_embedding[np.argsort(grid_distance[by_embedding], kind="stable")]
+    order = order[grid_distance[order] > 0]
     weight = np.zeros(len(embedding_distance))
     weight[order[:k]] = 1.0
-    if ties == "expected":
-        ring_of_kth = np.searchsorted(starts, k - 1, side="right") - 1
-        first, size = starts[ring_of_kth], sizes[ring_of_kth]
-        weight[order[first:first + size]] = (k - first) / size
-    return along_grid, weight
+    return embedding_distance[order], weight
 
 
 def _nearest_weights(nearest: np.ndarray, neighbours: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,15 +152,20 @@ def layout_quality(
         index = queries[start:start + chunk]
         embedding_distance = _distances(points[index], points, point_sq)
         grid_distance = np.rint(_distances(cells[index], cells, cell_sq) ** 2).astype(np.int64)
-        # Self (distance 0) comes first in both orders and is dropped.
-        by_embedding = np.argsort(embedding_distance, axis=1)
-        nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
+        # Self (distance 0) comes first and is dropped.
+        nearest = np.sort(embedding_distance, axis=1)[:, 1:]
         sum_by_k_embedding += (np.cumsum(nearest, axis=1) / ranks).sum(axis=0)
         sum_random += nearest.sum() / (n_points - 1)
+        closest = min(n_points, k + 1 + _TIE_MARGIN)
+        candidates = np.argpartition(embedding_distance, closest - 1, axis=1)[:, :closest]
         for row, embedding_row in enumerate(embedding_distance):
-            along_grid, grid_weight = _grid_order(grid_distance[row], embedding_row, by_embedding[row], k, ties)
+            if ties == "expected":
+                along_grid, grid_weight = _expected_grid_order(grid_distance[row], embedding_row, k)
+            else:
+                along_grid, grid_weight = _favourable_grid_order(grid_distance[row], embedding_row, k)
             sum_by_k_grid += np.cumsum(along_grid) / ranks
-            neighbour, embedding_weight = _nearest_weights(nearest[row], by_embedding[row, 1:], k)
+            own = candidates[row][np.argsort(embedding_row[candidates[row]], kind="stable")][1:]
+            neighbour, embedding_weight = _nearest_weights(embedding_row[own], own, k)
             shared_neighbours += np.minimum(embedding_weight, grid_weight[neighbour]).sum()
     random_distance = sum_random / len(queries)
     if random_distance <= 0:  # every image identical: any layout is perfect
