@@ -73,13 +73,19 @@ def to_unit_square(points: np.ndarray) -> np.ndarray:
 def pca(x: np.ndarray, dims: int) -> np.ndarray:
     """The first ``dims`` principal components of x (N x D), signs fixed for determinism.
 
-    Through the D x D covariance, so memory stays N x D at any N.
+    Through the D x D covariance when N > D, so memory stays N x D at any N;
+    through the N x N Gram matrix when N <= D, where that is the smaller problem.
     """
     centred = x - x.mean(axis=0)
-    variances, axes = np.linalg.eigh(centred.T @ centred)
-    axes = axes[:, np.argsort(variances)[::-1][:dims]]
-    axes *= np.where(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])] < 0, -1.0, 1.0)
-    projected = centred @ axes
+    if len(x) <= x.shape[1]:
+        variances, scores = np.linalg.eigh(centred @ centred.T)
+        keep = np.argsort(variances)[::-1][:dims]
+        projected = scores[:, keep] * np.sqrt(np.maximum(variances[keep], 0.0))
+    else:
+        variances, axes = np.linalg.eigh(centred.T @ centred)
+        projected = centred @ axes[:, np.argsort(variances)[::-1][:dims]]
+    largest = projected[np.abs(projected).argmax(axis=0), np.arange(projected.shape[1])]
+    projected = projected * np.where(largest < 0, -1.0, 1.0)
     if projected.shape[1] < dims:
         projected = np.hstack([projected, np.zeros((len(x), dims - projected.shape[1]))])
     return projected
