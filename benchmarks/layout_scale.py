@@ -86,7 +86,9 @@ def main():
                 seconds = statistics.median(r["seconds"] for r in runs)
                 peak = statistics.median(r["peak_mib"] for r in runs)
                 base = base or (seconds, peak)
-                note = f"  solver {runs[0]['solver']}, DPQ_16 {runs[0]['dpq']:.3f}" if "solver" in runs[0] else ""
+                note = ""
+                if "solver" in runs[0]:
+                    note = f"  solver {runs[0]['solver']}, DPQ_16 {runs[0]['dpq']:.3f}"
                 print(f"{n:>7} {method:<9} {len(runs):>4} {seconds:8.1f} {peak:9.0f} "
                       f"{seconds / base[0]:7.2f} {peak / base[1]:8.2f}{note}", flush=True)
 

@@ -130,7 +130,9 @@ class BlocksSolver:
 
     name = "blocks"
 
-    def __init__(self, block_cells: int = 64, window: int = 16, max_passes: int = 12, tolerance: float = 1e-4):
+    def __init__(
+        self, block_cells: int = 64, window: int = 16, max_passes: int = 12, tolerance: float = 1e-4
+    ):
         self.block_cells, self.window = block_cells, window
         self.max_passes, self.tolerance = max_passes, tolerance
 

@@ -150,7 +150,9 @@ def parameters(seed: int, perplexity: float | None, pca_dims: int = PCA_DIMS) ->
     return {"seed": seed, "perplexity": perplexity, "pca_dims": pca_dims}
 
 
-def import_embeddings(workdir: Workdir, vectors_path: str | Path, paths_file: str | Path | None = None) -> int:
+def import_embeddings(
+    workdir: Workdir, vectors_path: str | Path, paths_file: str | Path | None = None
+) -> int:
     """Copy N x D vectors (and optionally their image paths) into the work directory.
 
     ``vectors_path`` is a ``.npy`` float array, one row per image;

@@ -64,7 +64,8 @@ def test_fewer_images_than_cells_gives_each_a_distinct_cell_and_the_empty_ones_a
     coords = blobs(90, seed=1)
     for solver in ("exact", "blocks"):
         cell_of_image, _, _ = assign.assign_to_grid(coords, 10, 10, solver=solver)
-        assert len(set(cell_of_image.tolist())) == 90 and 0 <= cell_of_image.min() and cell_of_image.max() < 100
+        assert len(set(cell_of_image.tolist())) == 90
+        assert 0 <= cell_of_image.min() and cell_of_image.max() < 100
 
 
 def test_the_exact_assignment_is_optimal_on_a_small_case():

@@ -235,7 +235,8 @@ def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
     vectors = np.random.default_rng(0).normal(size=(len(images), 24)).astype(np.float32)
     np.save(tmp_path / "clip.npy", vectors)
     (tmp_path / "paths.txt").write_text("\n".join(str(p) for p in images) + "\n")
-    result = cli("reduce", "-w", work, "--embeddings", tmp_path / "clip.npy", "--paths", tmp_path / "paths.txt")
+    clip = tmp_path / "clip.npy"
+    result = cli("reduce", "-w", work, "--embeddings", clip, "--paths", tmp_path / "paths.txt")
     assert result.exit_code == 0, result.stderr
     assert np.array_equal(np.load(work / "embeddings.npy"), vectors)
     listed = json.loads((work / "images.json").read_text())["images"]
@@ -253,6 +254,6 @@ def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
     assert result.exit_code == 1 and "images.json" in result.stderr
 
     (tmp_path / "short.txt").write_text(str(images[0]))
-    result = cli("reduce", "-w", work, "--embeddings", tmp_path / "clip.npy", "--paths", tmp_path / "short.txt")
+    result = cli("reduce", "-w", work, "--embeddings", clip, "--paths", tmp_path / "short.txt")
     assert result.exit_code == 1 and "one path per row" in result.stderr
     assert cli("reduce", "-w", work, "--paths", tmp_path / "paths.txt").exit_code == 2
