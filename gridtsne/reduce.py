@@ -6,8 +6,8 @@ first ``PCA_DIMS`` principal components (exact, via the D x D covariance), which
 keeps the neighbourhoods t-SNE looks at and makes the nearest-neighbour search
 cheap at 100,000 points. openTSNE's choices are resolved here, by N, and
 recorded in ``reduce.json``: exact neighbours below 1,000 points and Annoy
-above; Barnes-Hut gradients below 10,000 and FFT-interpolated above. Both are
-deterministic for a seed, whatever the number of threads.
+above; Barnes-Hut gradients below 10,000 and FFT-interpolated above. All are
+deterministic for a seed and a thread count, and the thread count is fixed.
 
 The map keeps its true shape (aspect ratio) in ``coords.npy``; fitting it to
 the grid is assign's job. ``import_embeddings`` brings vectors made elsewhere
@@ -39,6 +39,10 @@ STAGE = "reduce"
 MIN_TSNE_POINTS = 5
 #: Dimensions kept by PCA before t-SNE (openTSNE's and scikit-learn's advice: ~50).
 PCA_DIMS = 50
+#: t-SNE threads. openTSNE's map depends on the thread count (its gradient sums
+#: are split between threads), so it is fixed, not taken from the machine: the
+#: same seed gives the same map on any machine. Recorded in reduce.json.
+DEFAULT_JOBS = 2
 #: openTSNE's own switch-over sizes for its "auto" choices.
 ANNOY_FROM_POINTS = 1000
 FFT_FROM_POINTS = 10_000
@@ -201,7 +205,7 @@ def run(
     seed: int = 0,
     perplexity: float | None = None,
     pca_dims: int = PCA_DIMS,
-    n_jobs: int = 1,
+    n_jobs: int = DEFAULT_JOBS,
     skip_if_fresh: bool = False,
 ) -> dict:
     started = time.perf_counter()

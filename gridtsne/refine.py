@@ -121,3 +121,4 @@ def refine_layout(
             image_index, cell_index = linear_sum_assignment(cost)
             cell_of_image[members[image_index]] = window_cells[cell_index]
     return cell_of_image.astype(np.int32)
+
