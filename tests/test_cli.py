@@ -257,3 +257,17 @@ def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
     result = cli("reduce", "-w", work, "--embeddings", clip, "--paths", tmp_path / "short.txt")
     assert result.exit_code == 1 and "one path per row" in result.stderr
     assert cli("reduce", "-w", work, "--paths", tmp_path / "paths.txt").exit_code == 2
+
+
+def test_a_grid_above_the_exact_limit_switches_to_the_scalable_solver_and_says_so(cli, photos, tmp_path):
+    work = tmp_path / "w"
+    assert cli("embed", photos, "-w", work).exit_code == 0
+    assert cli("reduce", "-w", work).exit_code == 0
+    result = cli("assign", "-w", work, "--grid", "50x50", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "'blocks' solver" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["solver"] == "blocks" and summary["solver_requested"] == "auto"
+    assert len(set(np.load(work / "grid.npy").tolist())) == 12
+    forced = json.loads(cli("assign", "-w", work, "--grid", "50x50", "--solver", "exact", "--json").stdout)
+    assert forced["solver"] == "exact"
