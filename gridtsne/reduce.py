@@ -164,7 +164,8 @@ def import_embeddings(
     order. They become ``embeddings.npy`` and ``images.json``, as if ``embed``
     had made them, so assign and render work on them (render needs the
     paths). Without paths, a stale ``images.json`` is removed, so that render
-    never draws other images. Returns N.
+    never draws other images; ``embed.json`` is removed too, as it describes
+    embeddings that are gone. Returns N.
     """
     try:
         vectors = np.load(vectors_path, allow_pickle=False)
@@ -187,6 +188,8 @@ def import_embeddings(
                              for p in paths],
                   "skipped": [], "source": {"embeddings": str(Path(vectors_path).absolute()),
                                             "paths": str(Path(paths_file).absolute())}}
+    # embed's outputs are replaced, so its manifest no longer describes them.
+    workdir.manifest_path("embed").unlink(missing_ok=True)
     save_npy(workdir.file(EMBEDDINGS), vectors.astype(np.float32))
     if images is not None:
         save_json(workdir.file(IMAGES), images)

@@ -231,6 +231,7 @@ def test_changing_the_solver_or_refinement_reruns_assign(cli, photos, tmp_path):
 
 def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
     work = tmp_path / "w"
+    assert cli("embed", photos, "-w", work).exit_code == 0  # replaced below
     images = sorted(photos.glob("*.jpg"))
     vectors = np.random.default_rng(0).normal(size=(len(images), 24)).astype(np.float32)
     np.save(tmp_path / "clip.npy", vectors)
@@ -239,6 +240,7 @@ def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
     result = cli("reduce", "-w", work, "--embeddings", clip, "--paths", tmp_path / "paths.txt")
     assert result.exit_code == 0, result.stderr
     assert np.array_equal(np.load(work / "embeddings.npy"), vectors)
+    assert not (work / "embed.json").exists()
     listed = json.loads((work / "images.json").read_text())["images"]
     assert [entry["path"] for entry in listed] == [str(p) for p in images]
     assert cli("assign", "-w", work).exit_code == 0
