@@ -23,7 +23,7 @@ def main():
           f"{'DPQ_16':>7} {'refined':>8}", flush=True)
     for n in sizes:
         embeddings = mixture(n)
-        coords, _ = reduce.tsne_2d(embeddings, n_jobs=reduce.DEFAULT_JOBS)
+        coords, _ = reduce.tsne_2d(embeddings)
         vectors = reduce.normalise(embeddings)
         rows, cols = assign.grid_shape(n)
         exact_cost = None

@@ -30,7 +30,7 @@ from gridtsne import assign, quality, reduce
 
 
 def gridtsne_default(embeddings, rows, cols):
-    coords, _ = reduce.tsne_2d(embeddings, n_jobs=reduce.DEFAULT_JOBS)
+    coords, _ = reduce.tsne_2d(embeddings)
     cells, _ = assign.layout(coords, embeddings, rows, cols)
     return cells
 

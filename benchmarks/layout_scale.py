@@ -45,7 +45,7 @@ def child(path: str, method: str) -> None:
     rows, cols = assign.grid_shape(len(embeddings))
     started = time.perf_counter()
     if method == "gridtsne":
-        coords, _ = reduce.tsne_2d(embeddings, n_jobs=reduce.DEFAULT_JOBS)
+        coords, _ = reduce.tsne_2d(embeddings)
         _, results = assign.layout(coords, embeddings, rows, cols)
         extra = {"solver": results["solver"], "dpq": results["quality"]["dpq"]}
     else:
