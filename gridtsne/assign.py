@@ -2,8 +2,14 @@
 
 Each image goes to exactly one cell so that the total squared displacement
 between map positions and cell centres is minimal: a linear assignment
-problem, solved exactly by Jonker-Volgenant (``lap``). With fewer images than
-cells the problem is rectangular and the solver itself picks the empty cells.
+problem. The solver is one choice behind one name, resolved in
+``resolve_solver``: "exact" (Jonker-Volgenant via scipy, optimal, cubic) while
+that takes seconds, "blocks" (exact within blocks, balanced between them,
+refined on overlapping windows; near-linear, complete by construction) above.
+With fewer images than cells the problem is rectangular and the solver itself
+picks the empty cells; with more, ``subset`` keeps a representative subset.
+Then the grid is refined against the embedding (``gridtsne.refine``) and its
+quality measured (``gridtsne.quality``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 
 import numpy as np
 
-from gridtsne.workdir import COORDS, GRID, StageError, Workdir, file_hash, save_npy
+from gridtsne.workdir import COORDS, EMBEDDINGS, GRID, IMAGES, StageError, Workdir, file_hash, save_npy
 
 STAGE = "assign"
 
@@ -27,25 +33,47 @@ def parse_grid(text: str) -> tuple[int, int]:
     return rows, cols
 
 
-def grid_shape(n_images: int) -> tuple[int, int]:
-    """The smallest near-square grid that holds every image: cols = ceil(sqrt N)."""
-    cols = max(1, math.ceil(math.sqrt(n_images)))
+def parse_aspect(text: str) -> tuple[float, float]:
+    """``"16:9"`` -> (16.0, 9.0): width : height of the grid, in cells."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)\s*", text)
+    if not match or 0 in (width := float(match[1]), height := float(match[2])):
+        raise ValueError(f"{text!r} is not WIDTH:HEIGHT, e.g. 16:9")
+    return width, height
+
+
+def grid_shape(n_images: int, aspect: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
+    """The smallest grid of about ``aspect`` (width : height) that holds every image.
+
+    cols = ceil(sqrt(N x W / H)), rows = ceil(N / cols); for 1:1 the near-square
+    grid (1000 images: 32 x 32; 110: 10 x 11).
+    """
+    width, height = aspect
+    cols = max(1, math.ceil(math.sqrt(n_images * width / height)))
     rows = max(1, math.ceil(n_images / cols))
     return rows, cols
 
 
 def fit_to_grid(coords: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Map points to grid units (x = column, y = row), stretched to span the grid.
+    """Map points to grid units (x = column, y = row) with one scale for both axes.
 
-    The grid must be filled, so each axis is stretched to the grid's extent;
-    a unit is one cell on both axes, so costs treat square tiles as square.
+    A cell is one unit on both axes (square tiles), so the map is never
+    stretched more on one axis than on the other. It is centred on the grid
+    and scaled so that its spread (root-mean-square distance from its centre)
+    equals that of the N cells nearest the grid's centre: the most compact
+    region the N images could fill, which is the whole grid when they fill it.
+    The assignment then moves points as little as possible onto the cells:
+    a round map on a wide grid with room to spare stays round, and where the
+    grid must be filled the map is widened only as far as that demands.
     """
     coords = np.asarray(coords, dtype=np.float64)
-    low, high = coords.min(axis=0), coords.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    unit = (coords - low) / span
-    unit[:, high <= low] = 0.5
-    return unit * np.array([cols - 1, rows - 1], dtype=np.float64)
+    centres = cell_centres(rows, cols)
+    middle = centres.mean(axis=0)
+    from_middle = ((centres - middle) ** 2).sum(axis=1)
+    nearest = np.sort(from_middle)[: max(1, len(coords))]
+    offset = coords - coords.mean(axis=0)
+    spread = math.sqrt(float((offset**2).sum(axis=1).mean()))
+    scale = math.sqrt(float(nearest.mean())) / spread if spread > 0 else 0.0
+    return offset * scale + middle
 
 
 def cell_centres(rows: int, cols: int) -> np.ndarray:
@@ -54,34 +82,261 @@ def cell_centres(rows: int, cols: int) -> np.ndarray:
     return np.stack([col_of_cell, row_of_cell], axis=1).astype(np.float64)
 
 
-def assign_to_grid(coords: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, float]:
-    """Cell index (row-major) of each point, and the total squared displacement."""
-    import lap
+def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The assignment cost: squared distance in cells from every point to every centre."""
+    return ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
 
+
+def _exact_lap(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the centre of each point, minimising the total squared distance.
+
+    Rectangular when there are more centres than points: the solver itself
+    leaves the centres that cost most to fill empty.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    point_index, centre_index = linear_sum_assignment(squared_distances(points, centres))
+    centre_of_point = np.empty(len(points), dtype=np.int64)
+    centre_of_point[point_index] = centre_index
+    return centre_of_point
+
+
+class ExactSolver:
+    """Jonker-Volgenant on the full N x cells cost matrix: optimal, cubic in time."""
+
+    name = "exact"
+
+    def solve(self, points: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        return _exact_lap(points, cell_centres(rows, cols))
+
+
+class BlocksSolver:
+    """Optimal within blocks, balanced between them: near-linear time and memory.
+
+    1. Balanced partition: the grid is cut in two along its longer side,
+       again and again, down to blocks of at most ``block_cells`` cells; at
+       each cut the points are split by their coordinate across it, as many
+       to each side as lie there, moved over only as far as each side's
+       number of cells demands. Every block so gets no more points than
+       cells, so the assignment is complete by construction.
+    2. Exact LAP inside each block.
+    3. Refinement: exact LAP on windows of ``window`` x ``window`` cells,
+       shifted by half a window on alternate passes so that they straddle the
+       block borders, over the points the window's cells hold. Each window
+       can only lower the total cost, so the result is never worse than the
+       blocks and stays complete. Passes stop when two in a row lower the
+       cost by less than ``tolerance`` (relative), or after ``max_passes``.
+    """
+
+    name = "blocks"
+
+    def __init__(
+        self, block_cells: int = 64, window: int = 16, max_passes: int = 12, tolerance: float = 1e-4
+    ):
+        self.block_cells, self.window = block_cells, window
+        self.max_passes, self.tolerance = max_passes, tolerance
+
+    def solve(self, points: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        cell_of_point = np.empty(len(points), dtype=np.int64)
+        pending = [(np.arange(len(points)), 0, rows, 0, cols)]
+        while pending:
+            members, row0, row1, col0, col1 = pending.pop()
+            height, width = row1 - row0, col1 - col0
+            if height * width <= self.block_cells or len(members) == 0:
+                self._solve_window(points, cell_of_point, members, row0, row1, col0, col1, cols)
+                continue
+            if width >= height:
+                cut, axis = col0 + width // 2, 0
+                first = (row0, row1, col0, cut)
+                second = (row0, row1, cut, col1)
+            else:
+                cut, axis = row0 + height // 2, 1
+                first = (row0, cut, col0, col1)
+                second = (cut, row1, col0, col1)
+            capacity_first = (first[1] - first[0]) * (first[3] - first[2])
+            capacity_second = height * width - capacity_first
+            order = members[np.argsort(points[members, axis], kind="stable")]
+            natural = int(np.searchsorted(points[order, axis], cut - 0.5))
+            n_first = min(max(natural, len(members) - capacity_second), capacity_first)
+            pending.append((order[:n_first], *first))
+            pending.append((order[n_first:], *second))
+        centres = cell_centres(rows, cols)
+        costs = [float(((points - centres[cell_of_point]) ** 2).sum())]
+        for index in range(self.max_passes):
+            shift = (self.window // 2) * (index % 2)
+            occupant = occupants(cell_of_point, rows, cols)
+            for r0, r1, c0, c1 in windows(rows, cols, self.window, shift):
+                members = occupant[r0:r1, c0:c1].ravel()
+                members = members[members >= 0]
+                self._solve_window(points, cell_of_point, members, r0, r1, c0, c1, cols)
+            costs.append(float(((points - centres[cell_of_point]) ** 2).sum()))
+            if len(costs) > 2 and costs[-3] - costs[-1] <= self.tolerance * costs[-3]:
+                break
+        return cell_of_point
+
+    @staticmethod
+    def _solve_window(points, cell_of_point, members, row0, row1, col0, col1, cols) -> None:
+        if len(members) == 0:
+            return
+        row, col = np.divmod(np.arange((row1 - row0) * (col1 - col0)), col1 - col0)
+        centres = np.stack([col + col0, row + row0], axis=1).astype(np.float64)
+        local = _exact_lap(points[members], centres)
+        cell_of_point[members] = (row[local] + row0) * cols + col[local] + col0
+
+
+def windows(rows: int, cols: int, size: int, shift: int = 0):
+    """(row0, row1, col0, col1) of size x size windows tiling the grid, offset by ``shift``."""
+    for row0 in range(-shift, rows, size):
+        for col0 in range(-shift, cols, size):
+            yield max(0, row0), min(rows, row0 + size), max(0, col0), min(cols, col0 + size)
+
+
+def occupants(cell_of_point: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """rows x cols: the point in each cell, -1 where empty (points with cell -1 left out)."""
+    occupant = np.full(rows * cols, -1, dtype=np.int64)
+    placed = np.flatnonzero(cell_of_point >= 0)
+    occupant[cell_of_point[placed]] = placed
+    return occupant.reshape(rows, cols)
+
+
+#: The solvers by name; "auto" picks exact up to EXACT_MAX_CELLS cells.
+SOLVERS = {"exact": ExactSolver, "blocks": BlocksSolver}
+SOLVER_CHOICES = ("auto", *SOLVERS)
+#: Exact assignment above this many cells costs more than seconds (scipy: 0.7 s at 1,024, 4 s at 2,048).
+EXACT_MAX_CELLS = 2048
+
+
+def resolve_solver(name: str, n_cells: int):
+    """The solver for ``name``; "auto" is exact while it is affordable, else blocks."""
+    if name == "auto":
+        name = "exact" if n_cells <= EXACT_MAX_CELLS else "blocks"
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}: choose one of {', '.join(SOLVER_CHOICES)}")
+    return SOLVERS[name]()
+
+
+def representative_subset(coords: np.ndarray, size: int) -> np.ndarray:
+    """Indices of ``size`` points spread over the map like the whole set.
+
+    The points are ordered along a Hilbert curve through the map, which keeps
+    neighbours together, and every (N / size)-th is kept: a sample stratified
+    over the map, so each region keeps its share and none is left out.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    order = np.argsort(_hilbert_index(coords), kind="stable")
+    picks = np.floor((np.arange(size) + 0.5) * len(coords) / size).astype(np.int64)
+    return np.sort(order[picks])
+
+
+def _hilbert_index(coords: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Position of each 2-D point along a Hilbert curve over its bounding box."""
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    side = (1 << bits) - 1
+    x, y = (np.rint((coords - low) / span * side).astype(np.int64)).T
+    index = np.zeros(len(coords), dtype=np.int64)
+    level = 1 << (bits - 1)
+    while level > 0:
+        rx = (x & level) > 0
+        ry = (y & level) > 0
+        index += level * level * ((3 * rx) ^ ry)
+        # Rotate the quadrant so that the curve continues.
+        flip = ~ry & rx
+        x = np.where(flip, side - x, x)
+        y = np.where(flip, side - y, y)
+        x, y = np.where(~ry, y, x), np.where(~ry, x, y)
+        level >>= 1
+    return index
+
+
+def assign_to_grid(
+    coords: np.ndarray, rows: int, cols: int, *, solver: str = "auto", subset: bool = False
+) -> tuple[np.ndarray, float, str]:
+    """Cell index (row-major) of each point, the total squared displacement, and the solver used.
+
+    With more points than cells, ``subset`` keeps a representative subset and
+    gives the others cell -1; without it that is an error.
+    """
     n_points = len(coords)
+    cell_of_image = np.full(n_points, -1, dtype=np.int32)
+    placed = np.arange(n_points)
     if n_points > rows * cols:
-        raise StageError(
-            f"{n_points} images do not fit a {rows}x{cols} grid ({rows * cols} cells): "
-            "choose a larger --grid or leave it out"
-        )
-    points = fit_to_grid(coords, rows, cols)
-    centres = cell_centres(rows, cols)
-    cost = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-    if n_points == rows * cols:
-        _, cell_of_image, _ = lap.lapjv(cost)
-    else:
-        _, cell_of_image, _ = lap.lapjv(cost, extend_cost=True)
-    cell_of_image = np.asarray(cell_of_image, dtype=np.int32)
-    total = float(cost[np.arange(n_points), cell_of_image].sum())
-    return cell_of_image, total
+        if not subset:
+            raise StageError(
+                f"{n_points} images do not fit a {rows}x{cols} grid ({rows * cols} cells): "
+                "choose a larger --grid, leave it out, or add --subset to keep a representative "
+                f"{rows * cols} of them"
+            )
+        placed = representative_subset(coords, rows * cols)
+    chosen = resolve_solver(solver, rows * cols)
+    points = fit_to_grid(np.asarray(coords)[placed], rows, cols)
+    cells = chosen.solve(points, rows, cols)
+    cell_of_image[placed] = cells
+    total = float(((points - cell_centres(rows, cols)[cells]) ** 2).sum())
+    return cell_of_image, total, chosen.name
 
 
-def parameters(grid: tuple[int, int] | None) -> dict:
-    return {"grid": f"{grid[0]}x{grid[1]}" if grid else "auto"}
+def parameters(
+    grid: tuple[int, int] | None,
+    aspect: tuple[float, float] | None = None,
+    solver: str = "auto",
+    subset: bool = False,
+    refine: bool = True,
+) -> dict:
+    return {
+        "grid": f"{grid[0]}x{grid[1]}" if grid else "auto",
+        "aspect": f"{aspect[0]:g}:{aspect[1]:g}" if aspect else None,
+        "solver": solver,
+        "subset": subset,
+        "refine": refine,
+    }
 
 
 def current_inputs(workdir: Workdir) -> dict:
-    return {COORDS: file_hash(workdir.require(COORDS))}
+    return {COORDS: file_hash(workdir.require(COORDS)), EMBEDDINGS: file_hash(workdir.require(EMBEDDINGS))}
+
+
+def layout(
+    coords: np.ndarray,
+    embeddings: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    solver: str = "auto",
+    subset: bool = False,
+    refine: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """The whole stage on arrays: cell of each image (-1: left out) and the results to record."""
+    from gridtsne import quality
+    from gridtsne import refine as refinement
+    from gridtsne.reduce import normalise
+
+    if len(coords) != len(embeddings):
+        raise StageError(f"coords.npy has {len(coords)} points for {len(embeddings)} embeddings: "
+                         "rerun reduce")
+    cell_of_image, total_cost, solver_used = assign_to_grid(coords, rows, cols, solver=solver, subset=subset)
+    vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+    placed = np.flatnonzero(cell_of_image >= 0)
+    before = quality.layout_quality(vectors[placed], cell_of_image[placed], cols) if refine else None
+    if refine:
+        cell_of_image = refinement.refine_layout(refinement.projected(vectors), cell_of_image, rows, cols)
+    after = quality.layout_quality(vectors[placed], cell_of_image[placed], cols)
+    results = {
+        "images": len(coords),
+        "placed": len(placed),
+        "left_out": np.flatnonzero(cell_of_image < 0).tolist(),
+        "rows": rows,
+        "cols": cols,
+        "empty_cells": rows * cols - len(placed),
+        "solver": solver_used,
+        "solver_requested": solver,
+        "cost": total_cost,
+        "rms_displacement_cells": float(np.sqrt(total_cost / max(1, len(placed)))),
+        "refined": refine,
+        "quality": after,
+        "quality_before_refinement": before,
+    }
+    return cell_of_image.astype(np.int32), results
 
 
 def grid_of(workdir: Workdir, n_images: int) -> tuple[np.ndarray, int, int]:
@@ -93,7 +348,8 @@ def grid_of(workdir: Workdir, n_images: int) -> tuple[np.ndarray, int, int]:
             f"{workdir.manifest_path(STAGE)} is missing: run `gridtsne assign -w {workdir.path}`"
         )
     rows, cols = manifest["results"]["rows"], manifest["results"]["cols"]
-    if len(cell_of_image) != n_images or cell_of_image.max(initial=-1) >= rows * cols:
+    if len(cell_of_image) != n_images or cell_of_image.max(initial=-1) >= rows * cols \
+            or cell_of_image.min(initial=0) < -1:
         raise StageError(
             f"{workdir.file(GRID)} holds {len(cell_of_image)} cells for {n_images} images: "
             f"it is out of date, run `gridtsne reduce -w {workdir.path}` "
@@ -102,23 +358,33 @@ def grid_of(workdir: Workdir, n_images: int) -> tuple[np.ndarray, int, int]:
     return cell_of_image, rows, cols
 
 
-def run(workdir: Workdir, *, grid: tuple[int, int] | None = None, skip_if_fresh: bool = False) -> dict:
+def run(
+    workdir: Workdir,
+    *,
+    grid: tuple[int, int] | None = None,
+    aspect: tuple[float, float] | None = None,
+    solver: str = "auto",
+    subset: bool = False,
+    refine: bool = True,
+    skip_if_fresh: bool = False,
+    on_message=lambda text: None,
+) -> dict:
     started = time.perf_counter()
-    params = parameters(grid)
+    params = parameters(grid, aspect, solver, subset, refine)
     inputs = current_inputs(workdir)
     if skip_if_fresh and (summary := workdir.fresh_summary(STAGE, params, inputs)):
         return summary
     coords = workdir.load_array(COORDS)
-    rows, cols = grid or grid_shape(len(coords))
-    cell_of_image, total_cost = assign_to_grid(coords, rows, cols)
+    embeddings = workdir.load_array(EMBEDDINGS)
+    rows, cols = grid or grid_shape(len(coords), aspect or (1.0, 1.0))
+    if solver == "auto" and resolve_solver("auto", rows * cols).name != "exact":
+        on_message(f"assign: {rows * cols} cells is above the {EXACT_MAX_CELLS} that exact assignment "
+                   "handles in seconds; using the scalable 'blocks' solver (--solver exact forces it)")
+    cell_of_image, results = layout(coords, embeddings, rows, cols, solver=solver, subset=subset,
+                                    refine=refine)
+    if results["left_out"] and workdir.file(IMAGES).is_file():
+        listing = workdir.load_images()["images"]
+        if len(listing) == len(coords):
+            results["left_out_paths"] = [listing[i]["path"] for i in results["left_out"]]
     save_npy(workdir.file(GRID), cell_of_image)
-    results = {
-        "images": len(coords),
-        "rows": rows,
-        "cols": cols,
-        "empty_cells": rows * cols - len(coords),
-        "solver": "lapjv",
-        "cost": total_cost,
-        "rms_displacement_cells": float(np.sqrt(total_cost / max(1, len(coords)))),
-    }
     return workdir.finish_stage(STAGE, params, inputs, {GRID: workdir.file(GRID)}, started, results)

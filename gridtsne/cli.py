@@ -97,6 +97,8 @@ reduce_options = _with(
                  help="Random seed: the same seed and inputs give the same grid."),
     click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="t-SNE perplexity. Default: 30, or (N-1)/3 for fewer than 91 images."),
+    click.option("--pca-dims", type=click.IntRange(2), default=reduce.PCA_DIMS, show_default=True,
+                 help="Principal components kept before t-SNE."),
 )
 
 
@@ -109,9 +111,30 @@ def _grid(ctx, param, value):
         raise click.BadParameter(str(error)) from None
 
 
-def assign_options(command):
-    return click.option("--grid", callback=_grid, default=None, metavar="ROWSxCOLS",
-                        help="Grid shape, e.g. 12x16. Default: the smallest near-square grid.")(command)
+def _aspect(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return assign.parse_aspect(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+assign_options = _with(
+    click.option("--grid", callback=_grid, default=None, metavar="ROWSxCOLS",
+                 help="Grid shape, e.g. 12x16. Default: the smallest near-square grid."),
+    click.option("--aspect", callback=_aspect, default=None, metavar="W:H",
+                 help="Grid shape, e.g. 16:9: the smallest grid of about that width:height in cells "
+                      "that holds every image. Ignored with --grid."),
+    click.option("--solver", type=click.Choice(assign.SOLVER_CHOICES), default="auto", show_default=True,
+                 help=f"exact: optimal, cubic time; blocks: scalable, near-optimal; auto: exact up to "
+                      f"{assign.EXACT_MAX_CELLS} cells."),
+    click.option("--subset", is_flag=True,
+                 help="With more images than cells, keep a representative subset instead of failing; "
+                      "the left-out images are listed in assign.json."),
+    click.option("--refine/--no-refine", default=True, show_default=True,
+                 help="Sort the grid locally against the embeddings after the assignment."),
+)
 
 
 # OUTPUT is checked with --format (in _check_output): with it, any name will do.
@@ -200,9 +223,10 @@ def _report(summary: dict, quiet: bool) -> None:
         click.echo(f"reduce: {summary['points']} points, perplexity {summary['perplexity']:.3g}{kl} "
                    f"{seconds}", err=True)
     elif stage == "assign":
-        click.echo(f"assign: {summary['images']} images on a {summary['rows']}x{summary['cols']} grid, "
-                   f"{summary['empty_cells']} empty cells, RMS displacement "
-                   f"{summary['rms_displacement_cells']:.2f} cells {seconds}", err=True)
+        left_out = f", {len(summary['left_out'])} left out" if summary.get("left_out") else ""
+        click.echo(f"assign: {summary['placed']} images on a {summary['rows']}x{summary['cols']} grid"
+                   f"{left_out}, {summary['empty_cells']} empty cells, solver {summary['solver']}, "
+                   f"{_quality_text(summary['quality'])} {seconds}", err=True)
     elif stage == "render":
         missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
         cached = f", {summary['from_cache']} from the tile cache" if summary.get("from_cache") else ""
@@ -215,6 +239,11 @@ def _report(summary: dict, quiet: bool) -> None:
                        "render.json", err=True)
 
 
+def _quality_text(quality: dict) -> str:
+    return (f"DPQ_{quality['dpq_p']} {quality['dpq']:.3f}, neighbourhood preservation "
+            f"(k={quality['k']}) {quality['neighbourhood_preservation']:.3f}")
+
+
 def _list_skipped(workdir: Workdir, quiet: bool) -> None:
     if quiet:
         return
@@ -224,6 +253,11 @@ def _list_skipped(workdir: Workdir, quiet: bool) -> None:
     if len(skipped) > MAX_SKIPS_LISTED:
         click.echo(f"  ... and {len(skipped) - MAX_SKIPS_LISTED} more, listed in "
                    f"{workdir.file('images.json')}", err=True)
+
+
+def _message(quiet: bool):
+    """A callback that prints a stage's message on stderr, unless quiet."""
+    return (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
 
 
 def _emit(data, as_json: bool, plain: str | None = None) -> None:
@@ -294,18 +328,30 @@ def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
 @main.command("reduce")
 @workdir_option
 @reduce_options
+@click.option("--embeddings", "vectors", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="VECTORS.npy",
+              help="Use these N x D vectors (CLIP, ...) instead of embed's: they are copied into the "
+                   "work directory as embeddings.npy.")
+@click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PATHS.txt",
+              help="With --embeddings: the image of each row, one path a line, for render.")
 @output_options
 @reports_errors
-def reduce_command(workdir, seed, perplexity, quiet, as_json):
+def reduce_command(workdir, seed, perplexity, pca_dims, vectors, paths_file, quiet, as_json):
     """Map the embeddings to 2-D with t-SNE (coords.npy, reduce.json).
 
     \b
     Example:
         gridtsne reduce -w work --seed 1
+        gridtsne reduce -w work --embeddings clip.npy --paths clip_paths.txt
     """
+    if paths_file and not vectors:
+        raise click.UsageError("--paths goes with --embeddings")
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = reduce.run(wd, seed=seed, perplexity=perplexity)
+        if vectors:
+            reduce.import_embeddings(wd, vectors, paths_file)
+        summary = reduce.run(wd, seed=seed, perplexity=perplexity, pca_dims=pca_dims)
     _report(summary, quiet)
     _emit(summary, as_json)
 
@@ -315,16 +361,19 @@ def reduce_command(workdir, seed, perplexity, quiet, as_json):
 @assign_options
 @output_options
 @reports_errors
-def assign_command(workdir, grid, quiet, as_json):
-    """Snap the 2-D map onto grid cells, exactly (grid.npy, assign.json).
+def assign_command(workdir, grid, aspect, solver, subset, refine, quiet, as_json):
+    """Snap the 2-D map onto grid cells and measure the layout (grid.npy, assign.json).
 
     \b
     Example:
         gridtsne assign -w work --grid 10x12
+        gridtsne assign -w work --aspect 16:9
+        gridtsne assign -w work --grid 20x20 --subset     # keep 400 representative images
     """
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = assign.run(wd, grid=grid)
+        summary = assign.run(wd, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
+                             on_message=_message(quiet))
     _report(summary, quiet)
     _emit(summary, as_json)
 
@@ -404,8 +453,9 @@ def export_command(workdir, table_format, output):
 @click.option("--force", is_flag=True, help="Rerun every stage, fresh or not.")
 @output_options
 @reports_errors
-def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, fit, gap_px, background, quality,
-                image_format, jobs, force, quiet, as_json, **embed_settings):
+def all_command(photos, output, workdir, seed, perplexity, pca_dims, grid, aspect, solver, subset, refine,
+                tile_px, fit, gap_px, background, quality, image_format, jobs, force, quiet, as_json,
+                **embed_settings):
     """Run every stage from PHOTOS to the mosaic OUTPUT, skipping fresh ones.
 
     A stage is fresh when its inputs and options are unchanged since it last
@@ -432,8 +482,9 @@ def all_command(photos, output, workdir, seed, perplexity, grid, tile_px, fit, g
         photos, model, embed_settings = _start_embed(photos, embed_settings)
         summaries = pipeline.run_all(
             wd, photos, output, model=model, embed_settings=embed_settings, seed=seed, perplexity=perplexity,
-            grid=grid, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px, quality=quality,
-            image_format=image_format, jobs=jobs, progress=not quiet, force=force,
+            pca_dims=pca_dims, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
+            on_message=_message(quiet), tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
+            quality=quality, image_format=image_format, jobs=jobs, progress=not quiet, force=force,
             on_stage_done=stage_done, stdout=sys.stdout.buffer,
         )
     if output != render.STDOUT:
@@ -463,3 +514,5 @@ def status_command(workdir, as_json):
         state = "fresh" if entry["fresh"] else ("stale" if entry["done"] else "not run")
         why = f" ({entry['reason']})" if entry["done"] and not entry["fresh"] else ""
         click.echo(f"  {entry['stage']:<7} {state}{why}")
+        if entry["stage"] == "assign" and entry["done"] and entry["results"].get("quality"):
+            click.echo(f"          {_quality_text(entry['results']['quality'])}")

@@ -47,7 +47,12 @@ def run_all(
     embed_settings: dict | None = None,
     seed: int = 0,
     perplexity: float | None = None,
+    pca_dims: int = reduce.PCA_DIMS,
     grid: tuple[int, int] | None = None,
+    aspect: tuple[float, float] | None = None,
+    solver: str = "auto",
+    subset: bool = False,
+    refine: bool = True,
     tile_px: int = render.DEFAULT_TILE_PX,
     background: str = "black",
     fit: str = "crop",
@@ -59,6 +64,7 @@ def run_all(
     force: bool = False,
     on_stage_done=lambda summary: None,
     stdout=None,
+    on_message=lambda text: None,
 ) -> list[dict]:
     """Run every stage that is not fresh, in order, as Make would."""
     skip = not force
@@ -66,8 +72,9 @@ def run_all(
     for step in (
         lambda: embed.run(workdir, paths, model=model, exclude=render.paths_written(output, image_format),
                           jobs=jobs, progress=progress, skip_if_fresh=skip, **(embed_settings or {})),
-        lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, skip_if_fresh=skip),
-        lambda: assign.run(workdir, grid=grid, skip_if_fresh=skip),
+        lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, pca_dims=pca_dims, skip_if_fresh=skip),
+        lambda: assign.run(workdir, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
+                           skip_if_fresh=skip, on_message=on_message),
         lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
                            quality=quality, image_format=image_format, jobs=jobs, progress=progress,
                            skip_if_fresh=skip, stdout=stdout),

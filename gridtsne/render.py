@@ -89,12 +89,19 @@ class Mosaic:
         """The image index in each cell, row-major; None for an empty cell."""
         at: list[int | None] = [None] * (self.rows * self.cols)
         for index, cell in enumerate(self.cell_of_image.tolist()):
-            at[cell] = index
+            if cell >= 0:  # -1: left out of the grid by assign --subset
+                at[cell] = index
         return at
+
+    @property
+    def placed(self) -> int:
+        """How many photos have a cell (all, unless assign --subset left some out)."""
+        return int((self.cell_of_image >= 0).sum())
 
     def _grid_rows(self) -> Iterator[Image.Image]:
         """One full-width image per grid row, tile_px high, top to bottom."""
-        order = np.argsort(self.cell_of_image, kind="stable").tolist()
+        by_cell = np.argsort(self.cell_of_image, kind="stable")
+        order = by_cell[self.cell_of_image[by_cell] >= 0].tolist()  # -1: left out by assign --subset
         made = tiles.in_order(self.tiles, self.entries, order, self.jobs)
         bar = tqdm(made, total=len(order), unit="img", desc="render", file=sys.stderr,
                    disable=None if self.progress else True)
@@ -379,7 +386,7 @@ def run(
         "format": name,
         "width": mosaic.width,
         "height": mosaic.height,
-        "tiles": len(listing) - len(mosaic.unreadable),
+        "tiles": mosaic.placed - len(mosaic.unreadable),
         "decoded": tile_maker.decoded,
         "from_cache": tile_maker.cached,
         "unreadable": mosaic.unreadable,

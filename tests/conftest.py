@@ -63,7 +63,7 @@ def layout_workdir(folder: Path, photo_paths: list[Path], cell_of_image, rows: i
     import numpy as np
 
     from gridtsne import assign
-    from gridtsne.workdir import COORDS, GRID, IMAGES, Workdir, save_json, save_npy
+    from gridtsne.workdir import COORDS, EMBEDDINGS, GRID, IMAGES, Workdir, save_json, save_npy
 
     work = Workdir(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,6 +76,7 @@ def layout_workdir(folder: Path, photo_paths: list[Path], cell_of_image, rows: i
     save_npy(work.file(COORDS), np.stack([cols_of / max(cols - 1, 1), rows_of / max(rows - 1, 1)],
                                          axis=1).astype(np.float32))
     save_npy(work.file(GRID), cells)
+    save_npy(work.file(EMBEDDINGS), np.eye(len(cells), dtype=np.float32))  # assign's freshness reads it
     work.finish_stage("assign", assign.parameters(None), assign.current_inputs(work),
                       {GRID: work.file(GRID)}, time.perf_counter(), {"rows": rows, "cols": cols})
     return work

@@ -1,10 +1,17 @@
-"""assign: grid shape and the exact assignment of 2-D points to cells."""
+"""assign: grid shape, aspect, solvers, empty cells and subsets."""
 
 import numpy as np
 import pytest
 
 from gridtsne import assign
 from gridtsne.workdir import StageError
+
+
+def blobs(n, seed=0):
+    """t-SNE-like 2-D input: points around 12 random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((12, 2))
+    return centres[rng.integers(0, 12, n)] + rng.normal(scale=0.05, size=(n, 2))
 
 
 @pytest.mark.parametrize("n, shape", [(1, (1, 1)), (12, (3, 4)), (16, (4, 4)), (17, (4, 5)),
@@ -14,40 +21,117 @@ def test_default_grid_is_the_smallest_near_square_that_holds_every_image(n, shap
     assert (rows, cols) == shape and rows * cols >= n and cols - rows <= 1
 
 
+@pytest.mark.parametrize("n, aspect, shape", [(144, (16, 9), (9, 16)), (1000, (16, 9), (24, 43)),
+                                              (100, (1, 4), (20, 5)), (7, (3, 1), (2, 5))])
+def test_an_aspect_gives_the_smallest_grid_of_about_that_shape(n, aspect, shape):
+    rows, cols = assign.grid_shape(n, aspect)
+    assert (rows, cols) == shape and rows * cols >= n
+    assert (rows - 1) * cols < n  # one row fewer would not hold them
+
+
 def test_points_on_the_cell_centres_go_to_exactly_those_cells():
     rows, cols = 4, 6
     centres = assign.cell_centres(rows, cols)  # (x = col, y = row)
     order = np.random.default_rng(0).permutation(rows * cols)
-    coords = centres[order] / [cols - 1, rows - 1]
-    cell_of_image, cost = assign.assign_to_grid(coords, rows, cols)
-    assert cell_of_image.tolist() == order.tolist()
-    assert cost == pytest.approx(0.0, abs=1e-9)
+    for solver in ("exact", "blocks"):
+        cell_of_image, cost, used = assign.assign_to_grid(centres[order] * 0.1, rows, cols, solver=solver)
+        assert used == solver
+        assert cell_of_image.tolist() == order.tolist()
+        assert cost == pytest.approx(0.0, abs=1e-9)
 
 
-def test_fewer_images_than_cells_gives_each_a_distinct_cell():
-    coords = np.random.default_rng(1).random((10, 2))
-    cell_of_image, _ = assign.assign_to_grid(coords, 3, 4)
-    assert len(set(cell_of_image.tolist())) == 10 and cell_of_image.max() < 12
+def test_the_map_is_scaled_the_same_on_both_axes_whatever_the_grid():
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float)
+    for rows, cols in ((4, 4), (9, 16), (16, 9)):
+        fitted = assign.fit_to_grid(np.repeat(square, rows * cols // 4, axis=0), rows, cols)
+        width, height = np.ptp(fitted, axis=0)
+        assert width == pytest.approx(height)
+        assert fitted.mean(axis=0) == pytest.approx([(cols - 1) / 2, (rows - 1) / 2])
 
 
-def test_the_assignment_is_optimal_on_a_small_case():
+def test_a_wide_grid_with_room_to_spare_keeps_a_round_map_round():
+    # 100 points in a disc on a 12x40 grid: stretched per axis the disc would
+    # become an ellipse 40/12 times wider than tall; scaled as one it stays round.
+    rng = np.random.default_rng(4)
+    angle, radius = rng.random(100) * 2 * np.pi, np.sqrt(rng.random(100))
+    disc = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    cell_of_image, _, _ = assign.assign_to_grid(disc, 12, 40, solver="exact")
+    row, col = np.divmod(cell_of_image, 40)
+    assert 0.8 < col.std() / row.std() < 1.25
+
+
+def test_fewer_images_than_cells_gives_each_a_distinct_cell_and_the_empty_ones_at_the_edges():
+    coords = blobs(90, seed=1)
+    for solver in ("exact", "blocks"):
+        cell_of_image, _, _ = assign.assign_to_grid(coords, 10, 10, solver=solver)
+        assert len(set(cell_of_image.tolist())) == 90
+        assert 0 <= cell_of_image.min() and cell_of_image.max() < 100
+
+
+def test_the_exact_assignment_is_optimal_on_a_small_case():
     from itertools import permutations
 
     coords = np.random.default_rng(2).random((6, 2))
-    cell_of_image, cost = assign.assign_to_grid(coords, 2, 3)
+    cell_of_image, cost, _ = assign.assign_to_grid(coords, 2, 3, solver="exact")
     points = assign.fit_to_grid(coords, 2, 3)
     centres = assign.cell_centres(2, 3)
     best = min(((points - centres[list(p)]) ** 2).sum() for p in permutations(range(6)))
     assert cost == pytest.approx(best)
 
 
+def test_the_blocks_solver_is_complete_and_close_to_exact():
+    coords = blobs(900, seed=3)
+    exact_cells, exact_cost, _ = assign.assign_to_grid(coords, 30, 30, solver="exact")
+    block_cells, block_cost, _ = assign.assign_to_grid(coords, 30, 30, solver="blocks")
+    assert sorted(block_cells.tolist()) == list(range(900))
+    assert exact_cost <= block_cost < exact_cost * 1.05
+
+
+def test_auto_is_exact_for_small_grids_and_blocks_for_large_ones():
+    assert assign.resolve_solver("auto", 1024).name == "exact"
+    assert assign.resolve_solver("auto", assign.EXACT_MAX_CELLS + 1).name == "blocks"
+    with pytest.raises(ValueError):
+        assign.resolve_solver("magic", 10)
+
+
 def test_too_many_images_for_the_grid_is_a_clear_error():
-    with pytest.raises(StageError, match="do not fit a 2x2 grid"):
+    with pytest.raises(StageError, match="do not fit a 2x2 grid.*--subset"):
         assign.assign_to_grid(np.random.default_rng(3).random((5, 2)), 2, 2)
 
 
-def test_parse_grid():
+def test_a_subset_keeps_every_region_of_the_map_and_leaves_the_rest_out():
+    # Two clusters, 300 and 100 points, on 100 cells: both keep their share.
+    rng = np.random.default_rng(5)
+    coords = np.concatenate([rng.normal(0, 0.1, (300, 2)), rng.normal(3, 0.1, (100, 2))])
+    cell_of_image, _, _ = assign.assign_to_grid(coords, 10, 10, subset=True)
+    kept = cell_of_image >= 0
+    assert kept.sum() == 100 and len(set(cell_of_image[kept].tolist())) == 100
+    assert 70 <= kept[:300].sum() <= 80 and 20 <= kept[300:].sum() <= 30
+    assert not kept[:100].all()  # not simply the first files
+
+
+def test_parse_grid_and_aspect():
     assert assign.parse_grid("12x16") == (12, 16)
+    assert assign.parse_aspect("16:9") == (16, 9)
     for bad in ("12", "0x4", "axb"):
         with pytest.raises(ValueError):
             assign.parse_grid(bad)
+    for bad in ("16", "0:9", "wide"):
+        with pytest.raises(ValueError):
+            assign.parse_aspect(bad)
+
+
+def test_refinement_keeps_a_complete_layout_and_improves_its_quality():
+    from gridtsne import quality, refine
+
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(6, 32))
+    labels = rng.integers(0, 6, 144)
+    vectors = centres[labels] + rng.normal(scale=0.3, size=(144, 32))
+    coarse = np.argsort(labels, kind="stable")  # clusters in bands, unsorted within
+    cell_of_image = np.empty(144, dtype=np.int64)
+    cell_of_image[coarse] = np.arange(144)
+    refined = refine.refine_layout(vectors, cell_of_image, 12, 12)
+    assert sorted(refined.tolist()) == list(range(144))
+    before = quality.layout_quality(vectors, cell_of_image, 12)["dpq"]
+    assert quality.layout_quality(vectors, refined, 12)["dpq"] > before

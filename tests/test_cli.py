@@ -179,3 +179,110 @@ def test_version_help_and_python_dash_m(cli):
         assert "Example:" in cli(command, "--help").stdout
     result = subprocess.run([sys.executable, "-m", "gridtsne", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "embed" in result.stdout
+
+
+def test_assign_with_an_aspect_records_the_layout_quality_and_status_shows_it(cli, photos, tmp_path):
+    work = tmp_path / "w"
+    assert cli("embed", photos, "-w", work).exit_code == 0
+    assert cli("reduce", "-w", work).exit_code == 0
+    result = cli("assign", "-w", work, "--aspect", "16:9", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["rows"], summary["cols"]) == (3, 5) and summary["empty_cells"] == 3
+    assert summary["solver"] == "exact" and summary["refined"]
+    assert 0 < summary["quality"]["dpq"] <= 1 and summary["quality"]["dpq_p"] == 16
+    assert "DPQ_16" in result.stderr
+    grid = np.load(work / "grid.npy")
+    assert len(set(grid.tolist())) == 12 and grid.max() < 15
+    status = cli("status", "-w", work)
+    assert "DPQ_16" in status.stdout and "neighbourhood preservation" in status.stdout
+
+
+def test_a_grid_too_small_is_an_error_unless_a_subset_is_asked_for(cli, photos, tmp_path):
+    work = tmp_path / "w"
+    assert cli("all", photos, tmp_path / "m.png", "-w", work, "--tile", 16).exit_code == 0
+    result = cli("assign", "-w", work, "--grid", "2x3")
+    assert result.exit_code == 1 and "do not fit a 2x3 grid" in result.stderr and "--subset" in result.stderr
+    result = cli("all", photos, tmp_path / "m.png", "-w", work, "--tile", 16, "--grid", "2x3", "--subset",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    assign = json.loads((work / "assign.json").read_text())["results"]
+    assert assign["placed"] == 6 and len(assign["left_out"]) == 6 and len(assign["left_out_paths"]) == 6
+    grid = np.load(work / "grid.npy")
+    assert sorted(grid[grid >= 0].tolist()) == list(range(6)) and (grid == -1).sum() == 6
+    with Image.open(tmp_path / "m.png") as mosaic:
+        assert mosaic.size == (3 * 16, 2 * 16)
+    assert json.loads((work / "render.json").read_text())["results"]["tiles"] == 6
+
+
+def test_changing_the_solver_or_refinement_reruns_assign(cli, photos, tmp_path):
+    out = tmp_path / "m.jpg"
+    assert cli("all", photos, out, "--tile", 16).exit_code == 0
+
+    def ran(*extra):
+        result = cli("all", photos, out, "--tile", 16, "--json", *extra)
+        assert result.exit_code == 0, result.stderr
+        return [s["stage"] for s in json.loads(result.stdout) if s["ran"]]
+
+    # render reruns only if the grid came out different (freshness follows content)
+    assert ran("--solver", "blocks")[:1] == ["assign"]
+    assert ran("--solver", "blocks", "--no-refine")[:1] == ["assign"]
+    assert ran("--solver", "blocks", "--no-refine") == []
+
+
+def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
+    work = tmp_path / "w"
+    assert cli("embed", photos, "-w", work).exit_code == 0  # replaced below
+    images = sorted(photos.glob("*.jpg"))
+    vectors = np.random.default_rng(0).normal(size=(len(images), 24)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", vectors)
+    (tmp_path / "paths.txt").write_text("\n".join(str(p) for p in images) + "\n")
+    clip = tmp_path / "clip.npy"
+    result = cli("reduce", "-w", work, "--embeddings", clip, "--paths", tmp_path / "paths.txt")
+    assert result.exit_code == 0, result.stderr
+    assert np.array_equal(np.load(work / "embeddings.npy"), vectors)
+    assert not (work / "embed.json").exists()
+    listed = json.loads((work / "images.json").read_text())["images"]
+    assert [entry["path"] for entry in listed] == [str(p) for p in images]
+    assert cli("assign", "-w", work).exit_code == 0
+    assert cli("render", tmp_path / "m.png", "-w", work, "--tile", 16).exit_code == 0
+    manifest = json.loads((work / "reduce.json").read_text())
+    assert manifest["results"]["dimension"] == 24 and manifest["results"]["tsne"]["neighbors"] == "exact"
+
+    # Without paths the layout works, and render says what it lacks.
+    result = cli("reduce", "-w", work, "--embeddings", tmp_path / "clip.npy")
+    assert result.exit_code == 0 and not (work / "images.json").exists()
+    assert cli("assign", "-w", work).exit_code == 0
+    result = cli("render", tmp_path / "m.png", "-w", work)
+    assert result.exit_code == 1 and "images.json" in result.stderr
+
+    (tmp_path / "short.txt").write_text(str(images[0]))
+    result = cli("reduce", "-w", work, "--embeddings", clip, "--paths", tmp_path / "short.txt")
+    assert result.exit_code == 1 and "one path per row" in result.stderr
+    assert cli("reduce", "-w", work, "--paths", tmp_path / "paths.txt").exit_code == 2
+
+
+def test_a_grid_above_the_exact_limit_switches_to_the_scalable_solver_and_says_so(cli, photos, tmp_path):
+    work = tmp_path / "w"
+    assert cli("embed", photos, "-w", work).exit_code == 0
+    assert cli("reduce", "-w", work).exit_code == 0
+    result = cli("assign", "-w", work, "--grid", "50x50", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "'blocks' solver" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["solver"] == "blocks" and summary["solver_requested"] == "auto"
+    assert len(set(np.load(work / "grid.npy").tolist())) == 12
+    forced = json.loads(cli("assign", "-w", work, "--grid", "50x50", "--solver", "exact", "--json").stdout)
+    assert forced["solver"] == "exact"
+
+
+def test_a_subset_grid_renders_and_exports_only_the_photos_it_kept(cli, photos, tmp_path):
+    out = tmp_path / "m.png"
+    result = cli("all", photos, out, "--grid", "2x5", "--subset", "--tile", 16, "--json")
+    assert result.exit_code == 0, result.stderr
+    render_summary = json.loads(result.stdout)[-1]
+    assert render_summary["tiles"] == 10
+    with Image.open(out) as mosaic:
+        assert mosaic.size == (5 * 16, 2 * 16)
+    table = cli("export", "-w", tmp_path / "m.gridtsne", "--format", "jsonl").stdout.splitlines()
+    assert len(table) == 10 and len({json.loads(line)["cell"] for line in table}) == 10

@@ -57,3 +57,27 @@ def test_an_impossible_perplexity_is_a_clear_error():
 def test_unit_square_keeps_the_shape_of_the_cloud():
     square = reduce.to_unit_square(np.array([[0, 0], [4, 0], [4, 2], [0, 2]]))
     assert square.tolist() == [[0, 0.25], [1, 0.25], [1, 0.75], [0, 0.75]]
+
+
+def test_same_seed_same_map_with_approximate_neighbours():
+    # From 1,000 points openTSNE's neighbours come from Annoy; the map must
+    # still depend on the seed alone.
+    rng = np.random.default_rng(7)
+    points = rng.normal(size=(1000, 8)) + np.repeat(rng.normal(scale=4, size=(4, 8)), 250, axis=0)
+    assert reduce.tsne_settings(1000)["neighbors"] == "annoy"
+    first, _ = reduce.tsne_2d(points, seed=5)
+    assert np.array_equal(first, reduce.tsne_2d(points, seed=5)[0])
+    assert not np.array_equal(first, reduce.tsne_2d(points, seed=6)[0])
+    # The thread count, on which openTSNE's map depends, follows N, not the machine.
+    assert reduce.tsne_settings(1000)["n_jobs"] == 1
+    assert reduce.tsne_settings(20_000)["n_jobs"] == reduce.LARGE_JOBS
+
+
+def test_pca_first_is_recorded_and_the_settings_follow_the_size():
+    small, large = reduce.tsne_settings(500), reduce.tsne_settings(100_000)
+    assert small["neighbors"] == "exact" and small["negative_gradient_method"] == "bh"
+    assert large["neighbors"] == "annoy" and large["negative_gradient_method"] == "fft"
+    assert small["pca_dims"] == reduce.PCA_DIMS == 50
+    x = np.random.default_rng(8).normal(size=(300, 64))
+    assert np.array_equal(reduce.pca(x, 10), reduce.pca(x.copy(), 10))
+    assert reduce.pca(x, 10).shape == (300, 10)

@@ -1,0 +1,73 @@
+"""quality: DPQ_16 and neighbourhood preservation, on layouts whose answer is known."""
+
+import numpy as np
+import pytest
+
+from gridtsne import quality
+
+
+def grid_shaped(rows, cols, scale=3.0):
+    """An embedding that *is* a grid: image i sits at cell i's (row, col), scaled."""
+    row, col = np.divmod(np.arange(rows * cols), cols)
+    return np.stack([row, col], axis=1).astype(float) * scale
+
+
+def test_a_layout_that_reproduces_a_grid_shaped_embedding_scores_1():
+    embedding = grid_shaped(12, 15)
+    result = quality.layout_quality(embedding, np.arange(180), cols=15)
+    assert result["dpq"] == pytest.approx(1.0)
+    assert result["neighbourhood_preservation"] == pytest.approx(1.0)
+    assert result["dpq_p"] == 16 and result["k"] == 10 and not result["sampled"]
+
+
+def test_the_same_embedding_mirrored_on_the_grid_is_still_perfect():
+    embedding = grid_shaped(8, 8)
+    mirrored = (7 - np.arange(64) // 8) * 8 + np.arange(64) % 8
+    assert quality.layout_quality(embedding, mirrored, cols=8)["dpq"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("data", ["gaussian", "grid"])
+def test_a_random_layout_scores_about_0(data):
+    rng = np.random.default_rng(1)
+    embedding = rng.normal(size=(400, 16)) if data == "gaussian" else grid_shaped(20, 20)
+    result = quality.layout_quality(embedding, rng.permutation(400), cols=20)
+    assert abs(result["dpq"]) < 0.05
+    assert result["neighbourhood_preservation"] < 0.1
+
+
+def test_a_partly_kept_layout_scores_between():
+    rng = np.random.default_rng(2)
+    embedding = grid_shaped(16, 16)
+    cells = np.arange(256)
+    swapped = rng.choice(256, 64, replace=False)
+    cells[swapped] = cells[rng.permutation(swapped)]
+    result = quality.layout_quality(embedding, cells, cols=16)
+    assert 0.2 < result["dpq"] < 0.95 and 0.2 < result["neighbourhood_preservation"] < 0.95
+
+
+def test_empty_cells_are_allowed():
+    embedding = grid_shaped(10, 10)[:90]
+    assert quality.layout_quality(embedding, np.arange(90), cols=10)["dpq"] == pytest.approx(1.0)
+
+
+def test_large_sets_are_measured_on_a_seeded_sample_close_to_the_full_answer():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(8, 12))
+    embedding = centres[np.repeat(np.arange(8), 150)] + rng.normal(scale=0.5, size=(1200, 12))
+    cells = np.arange(1200)  # clusters in bands of rows
+    full = quality.layout_quality(embedding, cells, cols=40, sample_size=1200)
+    sampled = quality.layout_quality(embedding, cells, cols=40, sample_size=300)
+    again = quality.layout_quality(embedding, cells, cols=40, sample_size=300)
+    assert sampled["sampled"] and sampled["queries"] == 300 and not full["sampled"]
+    assert sampled == again
+    assert sampled["dpq"] == pytest.approx(full["dpq"], abs=0.05)
+
+
+def test_favourable_ties_follow_the_authors_convention():
+    # The authors' code orders a ring of equal grid distance nearest-first,
+    # which lifts a random layout above 0; the default does not.
+    rng = np.random.default_rng(4)
+    embedding, cells = rng.normal(size=(180, 20)), rng.permutation(180)
+    favourable = quality.layout_quality(embedding, cells, cols=15, ties="favourable")["dpq"]
+    expected = quality.layout_quality(embedding, cells, cols=15)["dpq"]
+    assert favourable > expected + 0.2
