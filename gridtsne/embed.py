@@ -105,8 +105,6 @@ class Model:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        # Idle onnxruntime threads otherwise spin, taking the CPU that decoding needs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(
                 str(self.path), options, providers=[self.provider]
