@@ -317,7 +317,6 @@ def layout(
     cell_of_image, total_cost, solver_used = assign_to_grid(coords, rows, cols, solver=solver, subset=subset)
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
-    before = quality.layout_quality(vectors[placed], cell_of_image[placed], cols) if refine else None
     if refine:
         cell_of_image = refinement.refine_layout(refinement.projected(vectors), cell_of_image, rows, cols)
     after = quality.layout_quality(vectors[placed], cell_of_image[placed], cols)
@@ -334,7 +333,6 @@ def layout(
         "rms_displacement_cells": float(np.sqrt(total_cost / max(1, len(placed)))),
         "refined": refine,
         "quality": after,
-        "quality_before_refinement": before,
     }
     return cell_of_image.astype(np.int32), results
 

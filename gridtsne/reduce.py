@@ -79,16 +79,21 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
     """The first ``dims`` principal components of x (N x D), signs fixed for determinism.
 
     Through the D x D covariance when N > D, so memory stays N x D at any N;
-    through the N x N Gram matrix when N <= D, where that is the smaller problem.
+    through the N x N Gram matrix when N <= D, where that is the smaller
+    problem. Only the ``dims`` largest eigenpairs are computed.
     """
+    from scipy.linalg import eigh
+
     centred = x - x.mean(axis=0)
-    if len(x) <= x.shape[1]:
-        variances, scores = np.linalg.eigh(centred @ centred.T)
-        keep = np.argsort(variances)[::-1][:dims]
-        projected = scores[:, keep] * np.sqrt(np.maximum(variances[keep], 0.0))
+    gram = len(x) <= x.shape[1]
+    matrix = centred @ centred.T if gram else centred.T @ centred
+    keep = min(dims, len(matrix))
+    variances, vectors = eigh(matrix, subset_by_index=[len(matrix) - keep, len(matrix) - 1])
+    variances, vectors = variances[::-1], vectors[:, ::-1]
+    if gram:
+        projected = vectors * np.sqrt(np.maximum(variances, 0.0))
     else:
-        variances, axes = np.linalg.eigh(centred.T @ centred)
-        projected = centred @ axes[:, np.argsort(variances)[::-1][:dims]]
+        projected = centred @ vectors
     largest = projected[np.abs(projected).argmax(axis=0), np.arange(projected.shape[1])]
     projected = projected * np.where(largest < 0, -1.0, 1.0)
     if projected.shape[1] < dims:
