@@ -11,8 +11,8 @@ each window of cells to that window's cells by an exact linear assignment
 that puts each image where the smoothed grid is most like it. Windows are
 small and shifted between passes, so images move only locally: the global
 arrangement of the t-SNE map stays, and the local order becomes that of the
-embedding. Every window is a complete assignment of the images it holds, so
-the layout stays complete.
+embedding. Every window is a complete assignment of the images it holds to
+the cells they hold, so the layout stays complete and empty cells stay put.
 """
 
 from __future__ import annotations
@@ -112,10 +112,13 @@ def refine_layout(
         shift = (window * (index * 3 % 4)) // 4
         for r0, r1, c0, c1 in windows(rows, cols, window, shift):
             members = occupant[r0:r1, c0:c1].ravel()
+            # Images trade only the cells they hold: the empty cells stay where the
+            # assignment left them, at the map's sparse edges, not as holes inside.
+            window_cells = (np.arange(r0, r1)[:, None] * cols + np.arange(c0, c1)[None, :]).ravel()
+            window_cells = window_cells[members >= 0]
             members = members[members >= 0]
             if len(members) < 2:
                 continue
-            window_cells = (np.arange(r0, r1)[:, None] * cols + np.arange(c0, c1)[None, :]).ravel()
             # ||x - t||^2 without the ||x||^2 that every cell shares.
             cost = target_sq[window_cells][None, :] - 2.0 * (vectors[members] @ target[window_cells].T)
             image_index, cell_index = linear_sum_assignment(cost)

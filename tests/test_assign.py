@@ -135,3 +135,15 @@ def test_refinement_keeps_a_complete_layout_and_improves_its_quality():
     assert sorted(refined.tolist()) == list(range(144))
     before = quality.layout_quality(vectors, cell_of_image, 12)["dpq"]
     assert quality.layout_quality(vectors, refined, 12)["dpq"] > before
+
+
+def test_refinement_leaves_the_empty_cells_where_the_assignment_put_them():
+    from gridtsne import refine
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(130, 16))
+    coords = rng.random((130, 2))
+    cell_of_image, _, _ = assign.assign_to_grid(coords, 12, 12)
+    refined = refine.refine_layout(vectors, cell_of_image, 12, 12)
+    assert set(refined.tolist()) == set(cell_of_image.tolist())  # the same 130 cells, the same 14 empty
+    assert not np.array_equal(refined, cell_of_image)  # yet the images did move
