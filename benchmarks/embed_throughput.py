@@ -116,7 +116,8 @@ def naive_loop(paths: list[Path], threads: int) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=embed.DEFAULT_THREADS or 2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[embed.DEFAULT_THREADS],
+                        help="onnxruntime threads (0: onnxruntime decides)")
     parser.add_argument("--jobs", type=int, nargs="+", default=[embed.DEFAULT_JOBS])
     parser.add_argument("--batch-size", type=int, default=embed.DEFAULT_BATCH_SIZE)
     parser.add_argument("--naive-images", type=int, default=16, help="the naive loop is slow")
@@ -126,21 +127,21 @@ def main():
     paths = make_camera_jpegs(args.folder, args.images)
     megabytes = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
     print(f"{len(paths)} JPEGs of 4000 x 3000 ({megabytes:.1f} MB each) in {args.folder}; "
-          f"onnxruntime threads {args.threads}, batch {args.batch_size}")
+          f"batch {args.batch_size}")
     costs = cpu_per_image(paths[:16])
     print("  CPU per image: " + ", ".join(f"{step} {ms:.1f} ms" for step, ms in costs.items()))
     cores = os.cpu_count() or 1
-    ceiling = cores * 1000 / sum(costs.values())
-    print(f"  so on {cores} cores no pipeline exceeds {ceiling:.1f} images/s, "
+    print(f"  so on {cores} cores no pipeline exceeds {cores * 1000 / sum(costs.values()):.1f} images/s, "
           f"and the model alone may reach {cores * 1000 / costs['inference']:.1f}")
-    reference = model_only(len(paths), args.threads, args.batch_size)
-    print(f"  model only          {reference:7.1f} images/s")
-    naive = naive_loop(paths[: args.naive_images], args.threads)
-    print(f"  naive loop          {naive:7.1f} images/s")
-    for jobs in args.jobs:
-        rate, peak_mb = gridtsne_embed(args.folder, args.threads, jobs, args.batch_size)
-        print(f"  gridtsne embed -j{jobs} {rate:7.1f} images/s  = {rate / reference:.2f} x model only, "
-              f"{rate / naive:.1f} x naive; peak memory {peak_mb:.0f} MB")
+    for threads in args.threads:
+        reference = model_only(len(paths), threads, args.batch_size)
+        naive = naive_loop(paths[: args.naive_images], threads)
+        print(f"  onnxruntime threads {threads}: model only {reference:.1f} images/s, naive loop {naive:.1f}")
+        for jobs in args.jobs:
+            rate, peak_mb = gridtsne_embed(args.folder, threads, jobs, args.batch_size)
+            print(f"    gridtsne embed --threads {threads} -j{jobs}: {rate:6.1f} images/s = "
+                  f"{rate / reference:.2f} x model only, {rate / naive:.1f} x naive; "
+                  f"peak memory {peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":
