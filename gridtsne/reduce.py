@@ -39,11 +39,11 @@ STAGE = "reduce"
 MIN_TSNE_POINTS = 5
 #: Dimensions kept by PCA before t-SNE (openTSNE's and scikit-learn's advice: ~50).
 PCA_DIMS = 50
-#: t-SNE threads above FFT_FROM_POINTS (below, one thread is faster: 3.1 s
-#: against 6.1 s at 1,024). openTSNE's map depends on the thread count (its
-#: gradient sums are split between threads), so the count follows N alone,
-#: never the machine: the same inputs and seed give the same map anywhere.
-LARGE_JOBS = 2
+#: t-SNE threads (on a quiet 2-core machine, 1.9 s against 2.8 s for one
+#: thread at 1,024, the same DPQ_16). openTSNE's map depends on the thread
+#: count (its gradient sums are split between threads), so the count is fixed,
+#: never taken from the machine: the same inputs and seed give the same map anywhere.
+TSNE_JOBS = 2
 #: openTSNE's own switch-over sizes for its "auto" choices.
 ANNOY_FROM_POINTS = 1000
 FFT_FROM_POINTS = 10_000
@@ -113,7 +113,7 @@ def tsne_settings(n_points: int, perplexity: float | None = None, pca_dims: int 
         "learning_rate": "auto",
         "early_exaggeration_iter": 250,
         "n_iter": 500,
-        "n_jobs": 1 if n_points < FFT_FROM_POINTS else LARGE_JOBS,
+        "n_jobs": TSNE_JOBS,
     }
 
 
