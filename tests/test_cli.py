@@ -181,10 +181,14 @@ def test_version_help_and_python_dash_m(cli):
     assert result.returncode == 0 and "embed" in result.stdout
 
 
-def test_assign_with_an_aspect_records_the_layout_quality_and_status_shows_it(cli, photos, tmp_path):
-    work = tmp_path / "w"
+def embed_and_reduce(cli, photos, work):
     assert cli("embed", photos, "-w", work).exit_code == 0
     assert cli("reduce", "-w", work).exit_code == 0
+
+
+def test_assign_with_an_aspect_records_the_layout_quality_and_status_shows_it(cli, photos, tmp_path):
+    work = tmp_path / "w"
+    embed_and_reduce(cli, photos, work)
     result = cli("assign", "-w", work, "--aspect", "16:9", "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -264,8 +268,7 @@ def test_reduce_lays_out_vectors_brought_from_elsewhere(cli, photos, tmp_path):
 
 def test_a_grid_above_the_exact_limit_switches_to_the_scalable_solver_and_says_so(cli, photos, tmp_path):
     work = tmp_path / "w"
-    assert cli("embed", photos, "-w", work).exit_code == 0
-    assert cli("reduce", "-w", work).exit_code == 0
+    embed_and_reduce(cli, photos, work)
     result = cli("assign", "-w", work, "--grid", "50x50", "--json")
     assert result.exit_code == 0, result.stderr
     assert "'blocks' solver" in result.stderr
