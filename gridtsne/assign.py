@@ -285,7 +285,8 @@ def parameters(
 ) -> dict:
     return {
         "grid": f"{grid[0]}x{grid[1]}" if grid else "auto",
-        "aspect": f"{aspect[0]:g}:{aspect[1]:g}" if aspect else None,
+        # --grid wins over --aspect, so an aspect given beside a grid changes nothing.
+        "aspect": f"{aspect[0]:g}:{aspect[1]:g}" if aspect and not grid else None,
         "solver": solver,
         "subset": subset,
         "refine": refine,

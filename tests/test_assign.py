@@ -147,3 +147,8 @@ def test_refinement_leaves_the_empty_cells_where_the_assignment_put_them():
     refined = refine.refine_layout(vectors, cell_of_image, 12, 12)
     assert set(refined.tolist()) == set(cell_of_image.tolist())  # the same 130 cells, the same 14 empty
     assert not np.array_equal(refined, cell_of_image)  # yet the images did move
+
+
+def test_an_aspect_beside_an_explicit_grid_does_not_make_assign_stale():
+    assert assign.parameters((4, 5), aspect=(16, 9)) == assign.parameters((4, 5))
+    assert assign.parameters(None, aspect=(16, 9)) != assign.parameters(None)
