@@ -1,16 +1,19 @@
 """Layout quality of gridtsne against the original recipe, FLAS and random, side by side.
 
     pip install -e '.[bench]'          # scikit-learn and vc-flas, for the alternatives
-    python benchmarks/layout_quality.py [--sizes 1024 4096]
+    python benchmarks/layout_quality.py [--sizes 1024 4096] [--flas-seeds 1 2 3 4 5]
 
-On each set of embeddings, four layouts on the same near-square grid:
+On each set of embeddings, these layouts on the same near-square grid:
 
 (a) gridtsne: its default reduce and assign (PCA-50 + openTSNE, exact or
-    blocks assignment with one scale on both axes, then local refinement);
+    blocks assignment with one scale on both axes, then refinement: sorting
+    and swaps, gridtsne/refine.py); (a') the same without refinement
+    (`assign --no-refine`), to show what refinement adds;
 (b) recipe: the 2017 notebook's method, scikit-learn's TSNE with default
     settings on the raw embeddings, each axis min-max scaled to the grid,
     squared distances, exact linear assignment;
-(c) FLAS (Barthel et al. 2023, PyPI vc-flas) on the L2-normalised embeddings;
+(c) FLAS (Barthel et al. 2023, PyPI vc-flas) on the L2-normalised embeddings,
+    random seed 1 (--flas-seeds 1 2 3 runs one row per seed, for its spread);
 (d) random: a seeded random permutation.
 
 Every layout is scored in the same space, the L2-normalised embeddings
@@ -35,6 +38,12 @@ def gridtsne_default(embeddings, rows, cols):
     return cells
 
 
+def gridtsne_unrefined(embeddings, rows, cols):
+    coords, _ = reduce.tsne_2d(embeddings)
+    cells, _ = assign.layout(coords, embeddings, rows, cols, refine=False)
+    return cells
+
+
 def original_recipe(embeddings, rows, cols):
     from scipy.optimize import linear_sum_assignment
     from sklearn.manifold import TSNE
@@ -48,12 +57,12 @@ def original_recipe(embeddings, rows, cols):
     return cells
 
 
-def flas(embeddings, rows, cols):
+def flas(embeddings, rows, cols, seed=1):
     import vc_flas
 
     vectors = reduce.normalise(embeddings.astype(np.float64)).astype(np.float32)
     grid = vc_flas.Grid.from_features(vectors, size=(rows, cols))
-    sorting = vc_flas.flas(grid, wrap=False, seed=1).sorting.ravel()
+    sorting = vc_flas.flas(grid, wrap=False, seed=seed).sorting.ravel()
     cells = np.empty(len(vectors), dtype=np.int64)
     cells[sorting[sorting >= 0]] = np.flatnonzero(sorting >= 0)
     return cells
@@ -63,27 +72,36 @@ def random_layout(embeddings, rows, cols):
     return np.random.default_rng(0).permutation(rows * cols)[: len(embeddings)]
 
 
-METHODS = {"(a) gridtsne": gridtsne_default, "(b) recipe": original_recipe, "(c) FLAS": flas,
+METHODS = {"(a) gridtsne": gridtsne_default, "(a') unrefined": gridtsne_unrefined, "(b) recipe": original_recipe, "(c) FLAS": flas,
            "(d) random": random_layout}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
+    parser.add_argument("--flas-seeds", type=int, nargs="*", default=[1],
+                        help="FLAS is randomised: one row per seed (default: seed 1 only)")
     args = parser.parse_args()
+    methods = {}
+    for name, lay_out in METHODS.items():
+        if lay_out is flas and args.flas_seeds != [1]:
+            for seed in args.flas_seeds:
+                methods[f"{name} s{seed}"] = lambda e, r, c, seed=seed: flas(e, r, c, seed)
+        else:
+            methods[name] = lay_out
     sets = [("sample_images (250)", sample_images)]
     sets += [(f"mixture {n}", lambda n=n: mixture(n)) for n in args.sizes]
-    print(f"{'set':<20} {'method':<13} {'DPQ_16':>7} {'NP@10':>6} {'seconds':>8}", flush=True)
+    print(f"{'set':<20} {'method':<15} {'DPQ_16':>7} {'NP@10':>6} {'seconds':>8}", flush=True)
     for name, load in sets:
         embeddings = load()
         vectors = reduce.normalise(embeddings.astype(np.float64))
         rows, cols = assign.grid_shape(len(embeddings))
-        for method, lay_out in METHODS.items():
+        for method, lay_out in methods.items():
             started = time.perf_counter()
             cells = lay_out(embeddings, rows, cols)
             seconds = time.perf_counter() - started
             scores = quality.layout_quality(vectors, cells, cols)
-            print(f"{name:<20} {method:<13} {scores['dpq']:7.3f} {scores['neighbourhood_preservation']:6.3f} "
+            print(f"{name:<20} {method:<15} {scores['dpq']:7.3f} {scores['neighbourhood_preservation']:6.3f} "
                   f"{seconds:8.1f}", flush=True)
 
 

@@ -319,7 +319,7 @@ def layout(
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
     if refine:
-        cell_of_image = refinement.refine_layout(refinement.projected(vectors), cell_of_image, rows, cols)
+        cell_of_image = refinement.refine_layout(vectors, cell_of_image, rows, cols)
     after = quality.layout_quality(vectors[placed], cell_of_image[placed], cols)
     results = {
         "images": len(coords),

@@ -1,74 +1,98 @@
-"""Improve a grid layout against the embedding itself (LAS-style local sorting).
+"""Improve a grid layout against the embedding itself: sorting, then exact swaps.
 
 The assignment places images where the 2-D map puts them; the map is a
 compression of the embedding, so neighbours on the grid are close in the map
-but not always the closest in the embedding. Refinement works on the grid
-directly, in the manner of Linear Assignment Sorting (Barthel et al. 2023):
-smooth the grid of embedding vectors (their first ``REFINE_DIMS`` principal
-components) with a small box filter, so that every
-cell holds what its neighbourhood looks like, then re-assign the images of
-each window of cells to that window's cells by an exact linear assignment
-that puts each image where the smoothed grid is most like it. Windows are
-small and shifted between passes, so images move only locally: the global
-arrangement of the t-SNE map stays, and the local order becomes that of the
-embedding. Every window is a complete assignment of the images it holds to
-the cells they hold, so the layout stays complete and empty cells stay put.
+but not always the closest in the embedding, and t-SNE's global arrangement of
+groups (bands, a group split in two) is often not the most compact one on a
+grid. Refinement works on the grid directly, in two steps.
+
+1. **Sorting**, in the manner of Linear Assignment Sorting and its fast
+   variant FLAS (Barthel, Hezel, Jung and Schall, Computer Graphics Forum
+   2023), started from the t-SNE assignment instead of from random. Each pass
+   smooths the grid of embedding vectors with a box filter, so that every cell
+   holds what its neighbourhood looks like, cuts the grid into sets of 8 x 8
+   cells spaced ``radius / 4`` apart (so a set spans about twice the filter
+   radius), and re-assigns the images of each set to its cells by exact
+   linear assignment against the smoothed vectors. The radius descends from a
+   third of the grid's longer side to 1: the first passes move whole groups
+   into compact regions, the last ones order neighbours. A start at a third
+   keeps t-SNE's arrangement as the frame (started from random, the same
+   passes score 0.03-0.07 DPQ_16 lower on benchmarks/layout_quality.py's sets;
+   started at half the side they forget the start and score the same from
+   random as from t-SNE).
+2. **Swaps**: exact local search on the objective DPQ_16 weighs most, the
+   embedding distance of every image to its grid neighbours, the four nearest
+   at weight 1 and the rings at distances sqrt 2, 2 and sqrt 5 at the weights
+   DPQ_16's p-norm gives them (``RING_WEIGHTS``). Every pair of images up to
+   two cells apart is tried; a swap is made only when it lowers the objective
+   exactly, so this step can only improve it. Pairs far enough apart not to
+   see each other are evaluated together, so a sweep is a few hundred numpy
+   operations at any N.
+
+Every set is a complete assignment of the images it holds to the cells they
+hold, and swaps exchange two images, so the layout stays complete and empty
+cells stay where the assignment put them (at the map's sparse edges, not as
+holes among the photos). Seeded: the same input gives the same layout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gridtsne.assign import occupants, windows
-
-#: Principal components the refinement works in: the smoothing and matching cost
-#: O(N x dims) per pass, and 64 keep DPQ_16 within 0.003 of the full 1280 on the
-#: benchmark sets (benchmarks/layout_quality.py), at a twentieth of the time.
-REFINE_DIMS = 64
-#: The largest filter radius, in cells, and at most a quarter of the grid's longer side.
-MAX_RADIUS = 8
-#: Each pass's radius is this times the last's, down to 1; the whole descent runs twice.
-RADIUS_DECAY = 0.85
-CYCLES = 2
-#: Side of the windows whose images are re-assigned together, in cells.
-DEFAULT_WINDOW = 16
+#: Principal components the sorting works in (the smoothing and matching cost
+#: O(N x dims) a pass); the swaps work in ``SWAP_DIMS``, which keep more of the
+#: fine structure that decides which of two similar images is nearer (DPQ_16 of
+#: the 4,096 mixture: 0.818 with 64, 0.826 with 256, 0.825 with all 1280).
+SORT_DIMS = 64
+SWAP_DIMS = 256
+#: First filter radius, as a share of the grid's longer side.
+START_SHARE = 1 / 3
+#: Each pass's radius is this times the last's, down to 1; then ``FINAL_PASSES`` at radius 1.
+RADIUS_DECAY = 0.96
+FINAL_PASSES = 3
+#: Side of the sets of cells whose images are re-assigned together.
+SET_SIDE = 8
+#: Weight of a neighbour in the swap objective, by squared grid distance:
+#: the sensitivity of DPQ_16 to the mean embedding distance of that ring.
+RING_WEIGHTS = {1: 1.0, 2: 0.41, 4: 0.23, 5: 0.12}
+#: Swaps are tried between images up to this many cells apart (in each axis).
+SWAP_REACH = 2
+#: Sweeps over all pairs; they stop early when one makes no swap.
+MAX_SWEEPS = 8
+SEED = 0
 
 
 def radius_schedule(rows: int, cols: int) -> tuple[int, ...]:
-    """Filter radii of the passes: coarse to fine, twice, then three passes at radius 1.
-
-    Measured on benchmarks/layout_quality.py's sets (DPQ_16 of the mixture of
-    4,096: 0.791 assigned, 0.806 with six passes at radii 2-1, 0.816 with this).
-    """
-    radius, descent = min(MAX_RADIUS, max(rows, cols) / 4), []
+    """Filter radii of the sorting passes, coarse to fine."""
+    radius, radii = max(1.0, max(rows, cols) * START_SHARE), []
     while radius >= 1:
-        descent.append(int(round(radius)))
+        radii.append(int(round(radius)))
         radius *= RADIUS_DECAY
-    return tuple(descent + [1, 1, 1]) * CYCLES
+    return tuple(radii + [1] * FINAL_PASSES)
 
 
 def box_sum(grid: np.ndarray, radius: int) -> np.ndarray:
-    """Sum over the (2r+1)^2 box around every cell (clipped at the edges), by summed-area table."""
-    rows, cols = grid.shape[:2]
-    table = np.zeros((rows + 1, cols + 1, *grid.shape[2:]), dtype=np.float64)
-    table[1:, 1:] = grid.cumsum(axis=0, dtype=np.float64).cumsum(axis=1)
-    low_r = np.clip(np.arange(rows) - radius, 0, rows)
-    high_r = np.clip(np.arange(rows) + radius + 1, 0, rows)
-    low_c = np.clip(np.arange(cols) - radius, 0, cols)
-    high_c = np.clip(np.arange(cols) + radius + 1, 0, cols)
-    return (table[high_r][:, high_c] - table[low_r][:, high_c]
-            - table[high_r][:, low_c] + table[low_r][:, low_c])
+    """Sum over the (2r+1)^2 box around every cell (clipped at the edges): a running
+    sum down the rows, then across the columns (float64, so large grids keep precision)."""
+    summed = np.asarray(grid, dtype=np.float64)
+    for axis in (0, 1):
+        length = summed.shape[axis]
+        running = np.concatenate([np.zeros_like(summed.take([0], axis=axis)),
+                                  summed.cumsum(axis=axis)], axis=axis)
+        high = np.minimum(np.arange(length) + radius + 1, length)
+        low = np.maximum(np.arange(length) - radius, 0)
+        summed = running.take(high, axis=axis) - running.take(low, axis=axis)
+    return summed
 
 
-def box_mean(grid: np.ndarray, weight: np.ndarray, radius: int, own: float = 1.0) -> np.ndarray:
-    """Mean of the occupied cells in a (2r+1)^2 box around every cell (rows x cols x D),
-    the cell itself counted with weight ``own``."""
-    total = box_sum(grid * weight[..., None], radius) - (1.0 - own) * grid * weight[..., None]
-    count = box_sum(weight, radius) - (1.0 - own) * weight
+def box_mean(grid: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of the occupied cells in a (2r+1)^2 box around every cell (rows x cols x D)."""
+    total = box_sum(grid * weight[..., None], radius)
+    count = box_sum(weight, radius)
     return (total / np.maximum(count, 1e-12)[..., None]).astype(np.float32)
 
 
-def projected(vectors: np.ndarray, dims: int = REFINE_DIMS) -> np.ndarray:
+def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
     """``vectors`` on their first ``dims`` principal components (as they are if narrower)."""
     from gridtsne.reduce import pca
 
@@ -78,50 +102,187 @@ def projected(vectors: np.ndarray, dims: int = REFINE_DIMS) -> np.ndarray:
     return pca(vectors, dims).astype(np.float32)
 
 
-def refine_layout(
+def set_of_cell(rows: int, cols: int, spacing: int, rng: np.random.Generator) -> np.ndarray:
+    """A set number for every cell (row-major): sets of up to SET_SIDE x SET_SIDE cells,
+    ``spacing`` apart, tiling the grid from a random offset."""
+    span = SET_SIDE * spacing
+    row = np.arange(rows) + rng.integers(span)
+    col = np.arange(cols) + rng.integers(span)
+    # A cell's set: the block of span x span it lies in, and its phase in that block's lattice.
+    row_key = (row // span) * spacing + row % spacing
+    col_key = (col // span) * spacing + col % spacing
+    return (row_key[:, None] * (col_key.max() + 1) + col_key[None, :]).ravel()
+
+
+def sort_layout(
     vectors: np.ndarray,
     cell_of_image: np.ndarray,
     rows: int,
     cols: int,
     *,
     radii: tuple[int, ...] | None = None,
-    window: int = DEFAULT_WINDOW,
-    own: float = 1.0,
+    seed: int = SEED,
 ) -> np.ndarray:
-    """A new cell for every image (-1 stays -1), sorted locally against ``vectors``.
-
-    ``radii``: the filter radius of each pass (default ``radius_schedule``);
-    ``own``: the weight of a cell's own image in its smoothed target.
-    """
-    radii = radius_schedule(rows, cols) if radii is None else radii
+    """Step 1: LAS-style sorting passes over sets of cells (see the module docstring)."""
     from scipy.optimize import linear_sum_assignment
 
+    radii = radius_schedule(rows, cols) if radii is None else radii
+    rng = np.random.default_rng(seed)
     vectors = np.asarray(vectors, dtype=np.float32)
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64).copy()
-    placed = cell_of_image >= 0
+    placed = np.flatnonzero(cell_of_image >= 0)
     dimension = vectors.shape[1]
-    for index, radius in enumerate(radii):
+    weight = np.zeros(rows * cols, dtype=np.float32)
+    weight[cell_of_image[placed]] = 1.0  # empty cells never move, so this stays
+    for radius in radii:
         grid = np.zeros((rows * cols, dimension), dtype=np.float32)
         grid[cell_of_image[placed]] = vectors[placed]
-        weight = np.zeros(rows * cols, dtype=np.float32)
-        weight[cell_of_image[placed]] = 1.0
-        target = box_mean(grid.reshape(rows, cols, dimension), weight.reshape(rows, cols), radius, own)
+        target = box_mean(grid.reshape(rows, cols, dimension), weight.reshape(rows, cols), radius)
         target = target.reshape(rows * cols, dimension)
         target_sq = (target**2).sum(axis=1)
-        occupant = occupants(cell_of_image, rows, cols)
-        shift = (window * (index * 3 % 4)) // 4
-        for r0, r1, c0, c1 in windows(rows, cols, window, shift):
-            members = occupant[r0:r1, c0:c1].ravel()
-            # Images trade only the cells they hold: the empty cells stay where the
-            # assignment left them, at the map's sparse edges, not as holes inside.
-            window_cells = (np.arange(r0, r1)[:, None] * cols + np.arange(c0, c1)[None, :]).ravel()
-            window_cells = window_cells[members >= 0]
-            members = members[members >= 0]
+        occupant = np.full(rows * cols, -1, dtype=np.int64)
+        occupant[cell_of_image[placed]] = placed
+        cells = np.flatnonzero(occupant >= 0)  # images trade only the cells they hold
+        set_ids = set_of_cell(rows, cols, max(1, round(2 * radius / SET_SIDE)), rng)[cells]
+        order = np.argsort(set_ids, kind="stable")
+        cells, set_ids = cells[order], set_ids[order]
+        for members in np.split(cells, np.flatnonzero(np.diff(set_ids)) + 1):
             if len(members) < 2:
                 continue
+            images = occupant[members]
             # ||x - t||^2 without the ||x||^2 that every cell shares.
-            cost = target_sq[window_cells][None, :] - 2.0 * (vectors[members] @ target[window_cells].T)
+            cost = target_sq[members][None, :] - 2.0 * (vectors[images] @ target[members].T)
             image_index, cell_index = linear_sum_assignment(cost)
-            cell_of_image[members[image_index]] = window_cells[cell_index]
-    return cell_of_image.astype(np.int32)
+            cell_of_image[images[image_index]] = members[cell_index]
+    return cell_of_image
 
+
+class _NeighbourDistances:
+    """The embedding distance from the image in every cell to the images in the cells
+    around it (a (2R+1)^2 stencil), kept up to date as images swap.
+
+    Cells are indexed on a grid padded by R on every side, so that a
+    neighbour's index is the cell's plus a constant and needs no bounds check.
+    """
+
+    def __init__(self, vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int, reach: int):
+        self.reach, self.width = reach, cols + 2 * reach
+        self.side = 2 * reach + 1
+        n_images = len(vectors)
+        # Row n_images is a zero vector that stands for an empty cell.
+        self.vectors = np.vstack([np.asarray(vectors, dtype=np.float32),
+                                  np.zeros((1, vectors.shape[1]), dtype=np.float32)])
+        self.squares = (self.vectors.astype(np.float64) ** 2).sum(axis=1)
+        self.empty = n_images
+        self.occupant = np.full((rows + 2 * reach) * self.width, n_images, dtype=np.int64)
+        placed = np.flatnonzero(cell_of_image >= 0)
+        row, col = np.divmod(cell_of_image[placed], cols)
+        self.occupant[self.padded(row, col)] = placed
+        steps = np.arange(-reach, reach + 1)
+        self.offsets = (steps[:, None] * self.width + steps[None, :]).ravel()
+        self.inner = self.padded(*np.divmod(np.arange(rows * cols), cols))
+        self.distance = np.zeros((len(self.occupant), self.side**2))
+        self.refresh(self.inner)
+
+    def padded(self, row, col):
+        return (np.asarray(row) + self.reach) * self.width + np.asarray(col) + self.reach
+
+    def slot(self, d_row: int, d_col: int) -> int:
+        return (d_row + self.reach) * self.side + d_col + self.reach
+
+    def refresh(self, cells: np.ndarray, chunk: int = 512) -> None:
+        """Recompute the stencil rows of ``cells`` and the mirrored entries that see them."""
+        mirror = self.side**2 - 1 - np.arange(self.side**2)
+        for start in range(0, len(cells), chunk):
+            part = cells[start:start + chunk]
+            image = self.occupant[part]
+            around = self.occupant[part[:, None] + self.offsets[None, :]]
+            squared = (self.squares[image][:, None] + self.squares[around]
+                       - 2.0 * np.einsum("bd,bkd->bk", self.vectors[image], self.vectors[around]))
+            rows = np.sqrt(np.maximum(squared, 0.0))
+            rows[(image == self.empty)[:, None] | (around == self.empty)] = 0.0
+            self.distance[part] = rows
+            self.distance[part[:, None] + self.offsets[None, :], mirror[None, :]] = rows
+
+    def cell_of_image(self) -> np.ndarray:
+        cells = np.full(self.empty, -1, dtype=np.int64)
+        image = self.occupant[self.inner]
+        held = image != self.empty
+        cells[image[held]] = np.flatnonzero(held)
+        return cells
+
+
+def swap_layout(
+    vectors: np.ndarray,
+    cell_of_image: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    sweeps: int = MAX_SWEEPS,
+    seed: int = SEED,
+) -> np.ndarray:
+    """Step 2: exact pair swaps that lower the weighted neighbour distance (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    ring = int(np.sqrt(max(RING_WEIGHTS)))
+    kernel = [(d_row, d_col, weight) for d_row in range(-ring, ring + 1) for d_col in range(-ring, ring + 1)
+              if (weight := RING_WEIGHTS.get(d_row * d_row + d_col * d_col))]
+    stencil = _NeighbourDistances(vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols,
+                                  ring + SWAP_REACH)
+    partners = [(d_row, d_col) for d_row in range(SWAP_REACH + 1)
+                for d_col in range(-SWAP_REACH, SWAP_REACH + 1) if d_row > 0 or d_col > 0]
+    # Pairs whose cells are this far apart in both axes cannot see each other's swap.
+    spacing = SWAP_REACH + ring + 1
+    classes = [(partner, r0, c0) for partner in partners for r0 in range(spacing) for c0 in range(spacing)]
+    occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
+    for _ in range(sweeps):
+        swapped = 0
+        for index in rng.permutation(len(classes)):
+            (d_row, d_col), r0, c0 = classes[index]
+            row = np.arange(r0, rows - d_row, spacing)
+            col = np.arange(c0, cols, spacing)
+            col = col[(col + d_col >= 0) & (col + d_col < cols)]
+            first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
+            second = first + d_row * stencil.width + d_col
+            both = (occupant[first] != empty) & (occupant[second] != empty)
+            first, second = first[both], second[both]
+            if not len(first):
+                continue
+            # Change of the objective if the two images trade cells; the pair's own
+            # distance is the same either way and left out.
+            change = np.zeros(len(first))
+            for k_row, k_col, weight in kernel:
+                if (k_row, k_col) != (d_row, d_col):
+                    change += weight * (distance[second, stencil.slot(k_row - d_row, k_col - d_col)]
+                                        - distance[first, stencil.slot(k_row, k_col)])
+                if (k_row, k_col) != (-d_row, -d_col):
+                    change += weight * (distance[first, stencil.slot(k_row + d_row, k_col + d_col)]
+                                        - distance[second, stencil.slot(k_row, k_col)])
+            better = change < -1e-9
+            if not better.any():
+                continue
+            first, second = first[better], second[better]
+            occupant[first], occupant[second] = occupant[second], occupant[first].copy()
+            stencil.refresh(np.concatenate([first, second]))
+            swapped += len(first)
+        if not swapped:
+            break
+    return stencil.cell_of_image()
+
+
+def refine_layout(
+    vectors: np.ndarray,
+    cell_of_image: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    seed: int = SEED,
+) -> np.ndarray:
+    """A new cell for every image (-1 stays -1): sorted, then swapped, against ``vectors``."""
+    cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
+    if np.count_nonzero(cell_of_image >= 0) < 2:
+        return cell_of_image.astype(np.int32)
+    placed = cell_of_image >= 0
+    components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
+    components[placed] = projected(np.asarray(vectors)[placed], SWAP_DIMS)
+    sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed)
+    return swap_layout(components, sorted_cells, rows, cols, seed=seed).astype(np.int32)
