@@ -16,10 +16,9 @@ grid. Refinement works on the grid directly, in two steps.
    linear assignment against the smoothed vectors. The radius descends from a
    third of the grid's longer side to 1: the first passes move whole groups
    into compact regions, the last ones order neighbours. A start at a third
-   keeps t-SNE's arrangement as the frame (started from random, the same
-   passes score 0.03-0.07 DPQ_16 lower on benchmarks/layout_quality.py's sets;
-   started at half the side they forget the start and score the same from
-   random as from t-SNE).
+   keeps t-SNE's arrangement as the frame: started from random, the same
+   passes score lower; started at half the side, they forget the start and
+   score the same from random as from t-SNE (benchmarks/refine_ablation.py).
 2. **Swaps**: exact local search on the objective DPQ_16 weighs most, the
    embedding distance of every image to its grid neighbours, the four nearest
    at weight 1 and the rings at distances sqrt 2, 2 and sqrt 5 at the weights
@@ -41,8 +40,8 @@ import numpy as np
 
 #: Principal components the sorting works in (the smoothing and matching cost
 #: O(N x dims) a pass); the swaps work in ``SWAP_DIMS``, which keep more of the
-#: fine structure that decides which of two similar images is nearer (DPQ_16 of
-#: the 4,096 mixture: 0.818 with 64, 0.826 with 256, 0.825 with all 1280).
+#: fine structure that decides which of two similar images is nearer
+#: (benchmarks/refine_ablation.py compares 64, 256 and all dimensions).
 SORT_DIMS = 64
 SWAP_DIMS = 256
 #: First filter radius, as a share of the grid's longer side.
@@ -52,8 +51,11 @@ RADIUS_DECAY = 0.96
 FINAL_PASSES = 3
 #: Side of the sets of cells whose images are re-assigned together.
 SET_SIDE = 8
-#: Weight of a neighbour in the swap objective, by squared grid distance:
-#: the sensitivity of DPQ_16 to the mean embedding distance of that ring.
+#: Weight of a neighbour in the swap objective, by squared grid distance: how much
+#: DPQ_16 moves with the mean embedding distance of that ring of grid neighbours.
+#: With g_k the gain over random at rank k, rank i's share is sum_{k>=i} g_k^15 / k;
+#: averaged over each ring's ranks on the 4,096 mixture's curve, relative to the
+#: nearest ring, rounded. Farther rings weigh under 0.1 and are left out.
 RING_WEIGHTS = {1: 1.0, 2: 0.41, 4: 0.23, 5: 0.12}
 #: Swaps are tried between images up to this many cells apart (in each axis).
 SWAP_REACH = 2
@@ -62,9 +64,9 @@ MAX_SWEEPS = 8
 SEED = 0
 
 
-def radius_schedule(rows: int, cols: int) -> tuple[int, ...]:
+def radius_schedule(rows: int, cols: int, start_share: float = START_SHARE) -> tuple[int, ...]:
     """Filter radii of the sorting passes, coarse to fine."""
-    radius, radii = max(1.0, max(rows, cols) * START_SHARE), []
+    radius, radii = max(1.0, max(rows, cols) * start_share), []
     while radius >= 1:
         radii.append(int(round(radius)))
         radius *= RADIUS_DECAY
@@ -228,35 +230,42 @@ def swap_layout(
               if (weight := RING_WEIGHTS.get(d_row * d_row + d_col * d_col))]
     stencil = _NeighbourDistances(vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols,
                                   ring + SWAP_REACH)
-    partners = [(d_row, d_col) for d_row in range(SWAP_REACH + 1)
-                for d_col in range(-SWAP_REACH, SWAP_REACH + 1) if d_row > 0 or d_col > 0]
-    # Pairs whose cells are this far apart in both axes cannot see each other's swap.
-    spacing = SWAP_REACH + ring + 1
-    classes = [(partner, r0, c0) for partner in partners for r0 in range(spacing) for c0 in range(spacing)]
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
+    # Pairs whose cells are this far apart in both axes cannot see each other's swap,
+    # so each class of pairs (a partner offset, a phase on that lattice) is tried at once.
+    spacing = SWAP_REACH + ring + 1
+    classes = []
+    for d_row in range(SWAP_REACH + 1):
+        for d_col in range(-SWAP_REACH, SWAP_REACH + 1):
+            if d_row == 0 and d_col <= 0:
+                continue
+            # Change of the objective if the images in the first and second cell trade
+            # places: stencil rows of the two cells times these weights. The pair's
+            # own distance is the same either way and left out.
+            first_weights, second_weights = np.zeros(stencil.side**2), np.zeros(stencil.side**2)
+            for k_row, k_col, weight in kernel:
+                if (k_row, k_col) != (d_row, d_col):  # the first cell's neighbours
+                    second_weights[stencil.slot(k_row - d_row, k_col - d_col)] += weight
+                    first_weights[stencil.slot(k_row, k_col)] -= weight
+                if (k_row, k_col) != (-d_row, -d_col):  # the second cell's neighbours
+                    first_weights[stencil.slot(k_row + d_row, k_col + d_col)] += weight
+                    second_weights[stencil.slot(k_row, k_col)] -= weight
+            for r0 in range(spacing):
+                for c0 in range(spacing):
+                    row = np.arange(r0, rows - d_row, spacing)
+                    col = np.arange(c0, cols, spacing)
+                    col = col[(col + d_col >= 0) & (col + d_col < cols)]
+                    first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
+                    if len(first):
+                        classes.append((first, first + d_row * stencil.width + d_col,
+                                        first_weights, second_weights))
     for _ in range(sweeps):
         swapped = 0
         for index in rng.permutation(len(classes)):
-            (d_row, d_col), r0, c0 = classes[index]
-            row = np.arange(r0, rows - d_row, spacing)
-            col = np.arange(c0, cols, spacing)
-            col = col[(col + d_col >= 0) & (col + d_col < cols)]
-            first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
-            second = first + d_row * stencil.width + d_col
+            first, second, first_weights, second_weights = classes[index]
             both = (occupant[first] != empty) & (occupant[second] != empty)
             first, second = first[both], second[both]
-            if not len(first):
-                continue
-            # Change of the objective if the two images trade cells; the pair's own
-            # distance is the same either way and left out.
-            change = np.zeros(len(first))
-            for k_row, k_col, weight in kernel:
-                if (k_row, k_col) != (d_row, d_col):
-                    change += weight * (distance[second, stencil.slot(k_row - d_row, k_col - d_col)]
-                                        - distance[first, stencil.slot(k_row, k_col)])
-                if (k_row, k_col) != (-d_row, -d_col):
-                    change += weight * (distance[first, stencil.slot(k_row + d_row, k_col + d_col)]
-                                        - distance[second, stencil.slot(k_row, k_col)])
+            change = distance[first] @ first_weights + distance[second] @ second_weights
             better = change < -1e-9
             if not better.any():
                 continue
