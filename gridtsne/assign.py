@@ -333,6 +333,7 @@ def layout(
         "cost": total_cost,
         "rms_displacement_cells": float(np.sqrt(total_cost / max(1, len(placed)))),
         "refined": refine,
+        "refinement": refinement.settings() if refine else None,
         "quality": after,
     }
     return cell_of_image.astype(np.int32), results

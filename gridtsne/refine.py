@@ -64,6 +64,14 @@ MAX_SWEEPS = 8
 SEED = 0
 
 
+def settings() -> dict:
+    """Every refinement setting, for assign.json."""
+    return {"sort_dims": SORT_DIMS, "start_share": round(START_SHARE, 4), "radius_decay": RADIUS_DECAY,
+            "final_passes": FINAL_PASSES, "set_side": SET_SIDE, "swap_dims": SWAP_DIMS,
+            "ring_weights": {str(d2): w for d2, w in RING_WEIGHTS.items()}, "swap_reach": SWAP_REACH,
+            "max_sweeps": MAX_SWEEPS, "seed": SEED}
+
+
 def radius_schedule(rows: int, cols: int, start_share: float = START_SHARE) -> tuple[int, ...]:
     """Filter radii of the sorting passes, coarse to fine."""
     radius, radii = max(1.0, max(rows, cols) * start_share), []
