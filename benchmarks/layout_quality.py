@@ -72,19 +72,19 @@ def random_layout(embeddings, rows, cols):
     return np.random.default_rng(0).permutation(rows * cols)[: len(embeddings)]
 
 
-METHODS = {"(a) gridtsne": gridtsne_default, "(a') unrefined": gridtsne_unrefined, "(b) recipe": original_recipe, "(c) FLAS": flas,
-           "(d) random": random_layout}
+METHODS = {"(a) gridtsne": gridtsne_default, "(a') unrefined": gridtsne_unrefined,
+           "(b) recipe": original_recipe, "(c) FLAS": flas, "(d) random": random_layout}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
     parser.add_argument("--flas-seeds", type=int, nargs="*", default=[1],
-                        help="FLAS is randomised: one row per seed (default: seed 1 only)")
+                        help="FLAS is randomised: one row per seed (default: seed 1)")
     args = parser.parse_args()
     methods = {}
     for name, lay_out in METHODS.items():
-        if lay_out is flas and args.flas_seeds != [1]:
+        if lay_out is flas:
             for seed in args.flas_seeds:
                 methods[f"{name} s{seed}"] = lambda e, r, c, seed=seed: flas(e, r, c, seed)
         else:

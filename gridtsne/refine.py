@@ -239,8 +239,9 @@ def swap_layout(
     stencil = _NeighbourDistances(vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols,
                                   ring + SWAP_REACH)
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
-    # Pairs whose cells are this far apart in both axes cannot see each other's swap,
-    # so each class of pairs (a partner offset, a phase on that lattice) is tried at once.
+    # The pairs of one class (a partner offset, a phase on a lattice this coarse) lie
+    # farther apart than a neighbour ring reaches, so their swaps are independent
+    # and are tried at once.
     spacing = SWAP_REACH + ring + 1
     classes = []
     for d_row in range(SWAP_REACH + 1):

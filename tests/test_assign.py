@@ -177,16 +177,16 @@ def test_swaps_only_ever_lower_the_neighbour_distance_and_keep_empty_cells():
     assert np.array_equal(refine.swap_layout(vectors, swapped, 10, 12), swapped)
 
 
-def test_swaps_undo_any_trade_of_two_neighbouring_images_in_a_perfect_layout():
+def test_swaps_undo_a_trade_of_two_neighbouring_images_in_a_perfect_layout():
     from gridtsne import refine
 
     # The embedding is the grid itself, so the identity layout is perfect.
     rows, cols = 6, 7
     vectors = np.stack(np.divmod(np.arange(rows * cols), cols), axis=1).astype(np.float32)
     # A corner, an edge and the middle, with each kind of neighbour.
-    for (row, col), (d_row, d_col) in [((0, 0), (0, 1)), ((0, 0), (1, 1)), ((0, 3), (1, 0)), ((0, 6), (1, -1)),
-                                       ((2, 3), (0, 1)), ((2, 3), (1, 0)), ((2, 3), (1, 1)), ((2, 3), (1, -1)),
-                                       ((4, 6), (1, 0)), ((5, 2), (0, 1))]:
+    trades = [((0, 0), (0, 1)), ((0, 0), (1, 1)), ((0, 3), (1, 0)), ((0, 6), (1, -1)), ((2, 3), (0, 1)),
+              ((2, 3), (1, 0)), ((2, 3), (1, 1)), ((2, 3), (1, -1)), ((4, 6), (1, 0)), ((5, 2), (0, 1))]
+    for (row, col), (d_row, d_col) in trades:
         first, second = row * cols + col, (row + d_row) * cols + col + d_col
         cell_of_image = np.arange(rows * cols)
         cell_of_image[[first, second]] = cell_of_image[[second, first]]
