@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-min clean
+.PHONY: demo test lint format test-min clean
 
 $(BIN)/gridtsne: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ demo: $(BIN)/gridtsne
 
 test: $(BIN)/gridtsne
 	$(BIN)/python -m pytest
+
+# ruff's lint rules and its formatting (pyproject.toml), as CI checks them.
+lint: $(BIN)/gridtsne
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/gridtsne
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # The same tests against the oldest dependency versions pyproject.toml allows.
 test-min:

@@ -19,8 +19,11 @@ from gridtsne import assign, quality, reduce, refine
 
 def main():
     sizes = [int(a) for a in sys.argv[1:]] or [1024, 4096, 10000]
-    print(f"{'N':>7} {'grid':>9} {'solver':>7} {'seconds':>8} {'cost':>12} {'vs exact':>9} "
-          f"{'DPQ_16':>7} {'refined':>8}", flush=True)
+    print(
+        f"{'N':>7} {'grid':>9} {'solver':>7} {'seconds':>8} {'cost':>12} {'vs exact':>9} "
+        f"{'DPQ_16':>7} {'refined':>8}",
+        flush=True,
+    )
     for n in sizes:
         embeddings = mixture(n)
         coords, _ = reduce.tsne_2d(embeddings)
@@ -34,8 +37,11 @@ def main():
             exact_cost = exact_cost or cost
             dpq = quality.layout_quality(vectors, cells, cols)["dpq"]
             refined = quality.layout_quality(vectors, refine.refine_layout(vectors, cells, rows, cols), cols)
-            print(f"{n:>7} {f'{rows}x{cols}':>9} {solver:>7} {seconds:8.2f} {cost:12.0f} "
-                  f"{cost / exact_cost - 1:+9.2%} {dpq:7.3f} {refined['dpq']:8.3f}", flush=True)
+            print(
+                f"{n:>7} {f'{rows}x{cols}':>9} {solver:>7} {seconds:8.2f} {cost:12.0f} "
+                f"{cost / exact_cost - 1:+9.2%} {dpq:7.3f} {refined['dpq']:8.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -73,9 +73,26 @@ def model_only(count: int, threads: int, batch_size: int) -> float:
 def gridtsne_embed(folder: Path, threads: int, jobs: int, batch_size: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as work:
         result = subprocess.run(
-            [sys.executable, "-c", MEASURE_PEAK, "embed", str(folder), "-w", work, "--json", "--quiet",
-             "--threads", str(threads), "--jobs", str(jobs), "--batch-size", str(batch_size)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                MEASURE_PEAK,
+                "embed",
+                str(folder),
+                "-w",
+                work,
+                "--json",
+                "--quiet",
+                "--threads",
+                str(threads),
+                "--jobs",
+                str(jobs),
+                "--batch-size",
+                str(batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
     summary = json.loads(result.stdout)
     peak_kb = int(result.stderr.split("peak_rss_kb")[-1].split()[0])
@@ -116,8 +133,13 @@ def naive_loop(paths: list[Path], threads: int) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--threads", type=int, nargs="+", default=[embed.DEFAULT_THREADS],
-                        help="onnxruntime threads (0: onnxruntime decides)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[embed.DEFAULT_THREADS],
+        help="onnxruntime threads (0: onnxruntime decides)",
+    )
     parser.add_argument("--jobs", type=int, nargs="+", default=[embed.DEFAULT_JOBS])
     parser.add_argument("--batch-size", type=int, default=embed.DEFAULT_BATCH_SIZE)
     parser.add_argument("--naive-images", type=int, default=16, help="the naive loop is slow")
@@ -126,22 +148,28 @@ def main():
 
     paths = make_camera_jpegs(args.folder, args.images)
     megabytes = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
-    print(f"{len(paths)} JPEGs of 4000 x 3000 ({megabytes:.1f} MB each) in {args.folder}; "
-          f"batch {args.batch_size}")
+    print(
+        f"{len(paths)} JPEGs of 4000 x 3000 ({megabytes:.1f} MB each) in {args.folder}; "
+        f"batch {args.batch_size}"
+    )
     costs = cpu_per_image(paths[:16])
     print("  CPU per image: " + ", ".join(f"{step} {ms:.1f} ms" for step, ms in costs.items()))
     cores = os.cpu_count() or 1
-    print(f"  so on {cores} cores no pipeline exceeds {cores * 1000 / sum(costs.values()):.1f} images/s, "
-          f"and the model alone may reach {cores * 1000 / costs['inference']:.1f}")
+    print(
+        f"  so on {cores} cores no pipeline exceeds {cores * 1000 / sum(costs.values()):.1f} images/s, "
+        f"and the model alone may reach {cores * 1000 / costs['inference']:.1f}"
+    )
     for threads in args.threads:
         reference = model_only(len(paths), threads, args.batch_size)
         naive = naive_loop(paths[: args.naive_images], threads)
         print(f"  onnxruntime threads {threads}: model only {reference:.1f} images/s, naive loop {naive:.1f}")
         for jobs in args.jobs:
             rate, peak_mb = gridtsne_embed(args.folder, threads, jobs, args.batch_size)
-            print(f"    gridtsne embed --threads {threads} -j{jobs}: {rate:6.1f} images/s = "
-                  f"{rate / reference:.2f} x model only, {rate / naive:.1f} x naive; "
-                  f"peak memory {peak_mb:.0f} MB")
+            print(
+                f"    gridtsne embed --threads {threads} -j{jobs}: {rate:6.1f} images/s = "
+                f"{rate / reference:.2f} x model only, {rate / naive:.1f} x naive; "
+                f"peak memory {peak_mb:.0f} MB"
+            )
 
 
 if __name__ == "__main__":

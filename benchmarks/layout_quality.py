@@ -72,15 +72,25 @@ def random_layout(embeddings, rows, cols):
     return np.random.default_rng(0).permutation(rows * cols)[: len(embeddings)]
 
 
-METHODS = {"(a) gridtsne": gridtsne_default, "(a') unrefined": gridtsne_unrefined,
-           "(b) recipe": original_recipe, "(c) FLAS": flas, "(d) random": random_layout}
+METHODS = {
+    "(a) gridtsne": gridtsne_default,
+    "(a') unrefined": gridtsne_unrefined,
+    "(b) recipe": original_recipe,
+    "(c) FLAS": flas,
+    "(d) random": random_layout,
+}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
-    parser.add_argument("--flas-seeds", type=int, nargs="*", default=[1],
-                        help="FLAS is randomised: one row per seed (default: seed 1)")
+    parser.add_argument(
+        "--flas-seeds",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="FLAS is randomised: one row per seed (default: seed 1)",
+    )
     args = parser.parse_args()
     methods = {}
     for name, lay_out in METHODS.items():
@@ -101,8 +111,11 @@ def main():
             cells = lay_out(embeddings, rows, cols)
             seconds = time.perf_counter() - started
             scores = quality.layout_quality(vectors, cells, cols)
-            print(f"{name:<20} {method:<15} {scores['dpq']:7.3f} {scores['neighbourhood_preservation']:6.3f} "
-                  f"{seconds:8.1f}", flush=True)
+            print(
+                f"{name:<20} {method:<15} {scores['dpq']:7.3f} {scores['neighbourhood_preservation']:6.3f} "
+                f"{seconds:8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def main():
         return child(*args.child)
     from datasets import mixture
 
-    print(f"{'N':>7} {'method':<9} {'runs':>4} {'seconds':>8} {'peak MiB':>9} {'x time':>7} {'x memory':>8}",
-          flush=True)
+    print(
+        f"{'N':>7} {'method':<9} {'runs':>4} {'seconds':>8} {'peak MiB':>9} {'x time':>7} {'x memory':>8}",
+        flush=True,
+    )
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "embeddings.npy"
@@ -81,14 +83,20 @@ def main():
             base = None
             for method in args.methods:
                 if method == "recipe" and n > 20_000:
-                    print(f"{n:>7} {method:<9}    -  (N x N cost matrix: {n * n * 8 / 2**30:.0f} GiB)",
-                          flush=True)
+                    print(
+                        f"{n:>7} {method:<9}    -  (N x N cost matrix: {n * n * 8 / 2**30:.0f} GiB)",
+                        flush=True,
+                    )
                     continue
                 runs = []
                 # The recipe's exact assignment alone takes minutes at 10,000: one run there.
                 for _ in range(1 if method == "recipe" and n > 5000 else args.repeats):
-                    result = subprocess.run([sys.executable, __file__, "--child", str(path), method],
-                                            capture_output=True, text=True, check=True)
+                    result = subprocess.run(
+                        [sys.executable, __file__, "--child", str(path), method],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
                     runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
                 seconds = statistics.median(r["seconds"] for r in runs)
                 peak = statistics.median(r["peak_mib"] for r in runs)
@@ -96,8 +104,11 @@ def main():
                 note = ""
                 if "solver" in runs[0]:
                     note = f"  solver {runs[0]['solver']}, DPQ_16 {runs[0]['dpq']:.3f}"
-                print(f"{n:>7} {method:<9} {len(runs):>4} {seconds:8.1f} {peak:9.0f} "
-                      f"{seconds / base[0]:7.2f} {peak / base[1]:8.2f}{note}", flush=True)
+                print(
+                    f"{n:>7} {method:<9} {len(runs):>4} {seconds:8.1f} {peak:9.0f} "
+                    f"{seconds / base[0]:7.2f} {peak / base[1]:8.2f}{note}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

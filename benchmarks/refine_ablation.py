@@ -57,8 +57,9 @@ def ablate(name, embeddings, seeds):
             radii = refine.radius_schedule(rows, cols, share)
             sorted_scores, swapped_scores, sort_seconds, swap_seconds = [], [], [], []
             for seed in seeds:
-                cells, seconds = timed(refine.sort_layout, sort_space, start, rows, cols,
-                                       radii=radii, seed=seed)
+                cells, seconds = timed(
+                    refine.sort_layout, sort_space, start, rows, cols, radii=radii, seed=seed
+                )
                 sorted_scores.append(score(cells))
                 sort_seconds.append(seconds)
                 if start_name == "t-SNE" and share == refine.START_SHARE:

@@ -47,8 +47,15 @@ def synthesise(folder: Path, n_photos: int, seed: int = 0) -> Workdir:
         path = photos / f"{index // 1000:03d}" / f"{index:06d}_{source.name}"
         path.parent.mkdir(exist_ok=True)
         path.symlink_to(source)
-        entries.append({"path": str(path), "bytes": source.stat().st_size,
-                        "sha256": hashlib.sha256(str(path).encode()).hexdigest(), "width": 0, "height": 0})
+        entries.append(
+            {
+                "path": str(path),
+                "bytes": source.stat().st_size,
+                "sha256": hashlib.sha256(str(path).encode()).hexdigest(),
+                "width": 0,
+                "height": 0,
+            }
+        )
     work = Workdir(folder / "work")
     work.path.mkdir()
     save_json(work.file(IMAGES), {"images": entries, "skipped": []})
@@ -62,15 +69,24 @@ def new_layout(work: Workdir, n_photos: int, rng) -> None:
     """A random grid.npy on the default grid, with its assign.json."""
     rows, cols = assign.grid_shape(n_photos)
     save_npy(work.file(GRID), rng.permutation(rows * cols)[:n_photos].astype(np.int32))
-    work.finish_stage("assign", assign.parameters(None), assign.current_inputs(work),
-                      {GRID: work.file(GRID)}, time.perf_counter(), {"rows": rows, "cols": cols})
+    work.finish_stage(
+        "assign",
+        assign.parameters(None),
+        assign.current_inputs(work),
+        {GRID: work.file(GRID)},
+        time.perf_counter(),
+        {"rows": rows, "cols": cols},
+    )
 
 
 def measure(*args) -> tuple[float, float, dict]:
     """Seconds, peak RSS in MiB and the JSON summary of one gridtsne process."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "gridtsne", *map(str, args), "--quiet", "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gridtsne", *map(str, args), "--quiet", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     stdout = process.stdout.read()
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -84,17 +100,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=100_000)
     parser.add_argument("--tile", type=int, default=32)
-    parser.add_argument("--outputs", default="mosaic.jpg,mosaic.jpg,mosaic.png,gallery.html",
-                        help="What to render, in order; the layout changes before the second.")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="Build here and keep it (default: a temporary folder).")
+    parser.add_argument(
+        "--outputs",
+        default="mosaic.jpg,mosaic.jpg,mosaic.png,gallery.html",
+        help="What to render, in order; the layout changes before the second.",
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="Build here and keep it (default: a temporary folder)."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         started = time.perf_counter()
         work = synthesise(folder, args.photos)
-        print(f"{args.photos:,} photos, {args.tile} px tiles; work directory built in "
-              f"{time.perf_counter() - started:.0f} s; {os.cpu_count()} CPUs")
+        print(
+            f"{args.photos:,} photos, {args.tile} px tiles; work directory built in "
+            f"{time.perf_counter() - started:.0f} s; {os.cpu_count()} CPUs"
+        )
         print(f"{'run':<44}{'seconds':>9}{'peak MiB':>10}  picture")
         kinds = {".jpg": "", ".png": " (streamed strip by strip)", ".html": " (web page, tile pyramid)"}
         for number, name in enumerate(args.outputs.split(",")):
@@ -102,11 +124,15 @@ def main():
             label = f"{when}, {Path(name).suffix}{kinds.get(Path(name).suffix, '')}"
             if number == 1:
                 new_layout(work, args.photos, np.random.default_rng(1))
-            seconds, peak_mib, summary = measure("render", folder / name, "-w", work.path,
-                                                 "--tile", args.tile)
+            seconds, peak_mib, summary = measure(
+                "render", folder / name, "-w", work.path, "--tile", args.tile
+            )
             size = f"{summary['width']:,} x {summary['height']:,} px"
-            print(f"{label:<44}{seconds:9.1f}{peak_mib:10.0f}  {size}, {summary['decoded']:,} decoded, "
-                  f"{summary['from_cache']:,} from cache", flush=True)
+            print(
+                f"{label:<44}{seconds:9.1f}{peak_mib:10.0f}  {size}, {summary['decoded']:,} decoded, "
+                f"{summary['from_cache']:,} from cache",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

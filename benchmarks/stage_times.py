@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def gridtsne(*args):
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "gridtsne", *map(str, args)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gridtsne", *map(str, args)], capture_output=True, text=True, check=True
+    )
     return result, time.perf_counter() - started
 
 

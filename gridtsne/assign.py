@@ -313,8 +313,9 @@ def layout(
     from gridtsne.reduce import normalise
 
     if len(coords) != len(embeddings):
-        raise StageError(f"coords.npy has {len(coords)} points for {len(embeddings)} embeddings: "
-                         "rerun reduce")
+        raise StageError(
+            f"coords.npy has {len(coords)} points for {len(embeddings)} embeddings: rerun reduce"
+        )
     cell_of_image, total_cost, solver_used = assign_to_grid(coords, rows, cols, solver=solver, subset=subset)
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
@@ -348,8 +349,11 @@ def grid_of(workdir: Workdir, n_images: int) -> tuple[np.ndarray, int, int]:
             f"{workdir.manifest_path(STAGE)} is missing: run `gridtsne assign -w {workdir.path}`"
         )
     rows, cols = manifest["results"]["rows"], manifest["results"]["cols"]
-    if len(cell_of_image) != n_images or cell_of_image.max(initial=-1) >= rows * cols \
-            or cell_of_image.min(initial=0) < -1:
+    if (
+        len(cell_of_image) != n_images
+        or cell_of_image.max(initial=-1) >= rows * cols
+        or cell_of_image.min(initial=0) < -1
+    ):
         raise StageError(
             f"{workdir.file(GRID)} holds {len(cell_of_image)} cells for {n_images} images: "
             f"it is out of date, run `gridtsne reduce -w {workdir.path}` "
@@ -378,10 +382,13 @@ def run(
     embeddings = workdir.load_array(EMBEDDINGS)
     rows, cols = grid or grid_shape(len(coords), aspect or (1.0, 1.0))
     if solver == "auto" and resolve_solver("auto", rows * cols).name != "exact":
-        on_message(f"assign: {rows * cols} cells is above the {EXACT_MAX_CELLS} that exact assignment "
-                   "handles in seconds; using the scalable 'blocks' solver (--solver exact forces it)")
-    cell_of_image, results = layout(coords, embeddings, rows, cols, solver=solver, subset=subset,
-                                    refine=refine)
+        on_message(
+            f"assign: {rows * cols} cells is above the {EXACT_MAX_CELLS} that exact assignment "
+            "handles in seconds; using the scalable 'blocks' solver (--solver exact forces it)"
+        )
+    cell_of_image, results = layout(
+        coords, embeddings, rows, cols, solver=solver, subset=subset, refine=refine
+    )
     if results["left_out"] and workdir.file(IMAGES).is_file():
         listing = workdir.load_images()["images"]
         if len(listing) == len(coords):

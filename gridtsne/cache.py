@@ -64,8 +64,13 @@ class EmbeddingCache:
                 continue  # merged away by another process, or unreadable: recomputed if needed
             for i, sha in enumerate(columns["sha256"].tolist()):
                 record = Record(
-                    str(columns["path"][i]), int(columns["bytes"][i]), int(columns["mtime_ns"][i]),
-                    sha, int(columns["size"][i][0]), int(columns["size"][i][1]), columns["vectors"][i],
+                    str(columns["path"][i]),
+                    int(columns["bytes"][i]),
+                    int(columns["mtime_ns"][i]),
+                    sha,
+                    int(columns["size"][i][0]),
+                    int(columns["size"][i][1]),
+                    columns["vectors"][i],
                 )
                 self._remember(record)
 

@@ -34,9 +34,12 @@ def _with(*options):
 
 def workdir_option(command):
     return click.option(
-        "-w", "--workdir", type=click.Path(file_okay=False), default=None,
+        "-w",
+        "--workdir",
+        type=click.Path(file_okay=False),
+        default=None,
         help="Work directory for the artifacts. Default: $GRIDTSNE_WORKDIR, else ./gridtsne-work "
-             "(for `all`: OUT's name with .gridtsne, beside it).",
+        "(for `all`: OUT's name with .gridtsne, beside it).",
     )(command)
 
 
@@ -45,6 +48,7 @@ output_options = _with(
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
 )
 
+
 def _extensions(ctx, param, value):
     if value is None:
         return DEFAULT_EXTENSIONS
@@ -52,27 +56,66 @@ def _extensions(ctx, param, value):
 
 
 embed_options = _with(
-    click.option("--ext", "extensions", callback=_extensions, default=None, metavar="LIST",
-                 help="Extensions a folder walk looks at, comma-separated (e.g. jpg,png). "
-                      "Default: " + ",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS) + "."),
+    click.option(
+        "--ext",
+        "extensions",
+        callback=_extensions,
+        default=None,
+        metavar="LIST",
+        help="Extensions a folder walk looks at, comma-separated (e.g. jpg,png). "
+        "Default: " + ",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS) + ".",
+    ),
     click.option("--hidden", is_flag=True, help="Also look inside hidden files and folders."),
     click.option("-0", "--null", is_flag=True, help="Paths read from stdin (PATH '-') are NUL-separated."),
-    click.option("--model", default=None, metavar="PATH.onnx",
-                 help="An ONNX image model to use instead of the shipped EfficientNet-Lite0."),
-    click.option("--preprocess", type=click.Path(dir_okay=False), default=None, metavar="PATH.json",
-                 help="Preprocessing of --model (resize_short_side, crop_size, mean, std). "
-                      "Default: the .json file beside the model."),
-    click.option("--provider", default="cpu", show_default=True,
-                 help="onnxruntime execution provider: cpu, cuda (needs onnxruntime-gpu), ..."),
-    click.option("--threads", type=click.IntRange(0), default=embed.DEFAULT_THREADS, show_default=True,
-                 help="onnxruntime threads (0: onnxruntime decides)."),
-    click.option("--batch-size", type=click.IntRange(1), default=embed.DEFAULT_BATCH_SIZE,
-                 show_default=True, help="Images per model call."),
-    click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
-                 help="Refuse, unread, images whose header claims more pixels (decompression bombs)."),
-    click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
-                 help="Embedding cache folder, to share between work directories. "
-                      "Default: $GRIDTSNE_CACHE, else WORK/cache."),
+    click.option(
+        "--model",
+        default=None,
+        metavar="PATH.onnx",
+        help="An ONNX image model to use instead of the shipped EfficientNet-Lite0.",
+    ),
+    click.option(
+        "--preprocess",
+        type=click.Path(dir_okay=False),
+        default=None,
+        metavar="PATH.json",
+        help="Preprocessing of --model (resize_short_side, crop_size, mean, std). "
+        "Default: the .json file beside the model.",
+    ),
+    click.option(
+        "--provider",
+        default="cpu",
+        show_default=True,
+        help="onnxruntime execution provider: cpu, cuda (needs onnxruntime-gpu), ...",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(0),
+        default=embed.DEFAULT_THREADS,
+        show_default=True,
+        help="onnxruntime threads (0: onnxruntime decides).",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=embed.DEFAULT_BATCH_SIZE,
+        show_default=True,
+        help="Images per model call.",
+    ),
+    click.option(
+        "--max-pixels",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse, unread, images whose header claims more pixels (decompression bombs).",
+    ),
+    click.option(
+        "--cache",
+        "cache_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Embedding cache folder, to share between work directories. "
+        "Default: $GRIDTSNE_CACHE, else WORK/cache.",
+    ),
 )
 
 
@@ -88,17 +131,33 @@ def _read_paths(paths: tuple[str, ...], null: bool) -> list[str]:
 def _start_embed(paths, settings: dict) -> tuple[list[str], embed.Model, dict]:
     """Split embed's options into the model to load and the keyword arguments of embed.run."""
     settings = dict(settings)
-    model = embed.load_model(settings.pop("model"), settings.pop("preprocess"),
-                             settings.pop("threads"), settings.pop("provider"))
+    model = embed.load_model(
+        settings.pop("model"), settings.pop("preprocess"), settings.pop("threads"), settings.pop("provider")
+    )
     return _read_paths(paths, settings.pop("null")), model, settings
 
+
 reduce_options = _with(
-    click.option("--seed", type=int, default=0, show_default=True,
-                 help="Random seed: the same seed and inputs give the same grid."),
-    click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="t-SNE perplexity. Default: 30, or (N-1)/3 for fewer than 91 images."),
-    click.option("--pca-dims", type=click.IntRange(2), default=reduce.PCA_DIMS, show_default=True,
-                 help="Principal components kept before t-SNE."),
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Random seed: the same seed and inputs give the same grid.",
+    ),
+    click.option(
+        "--perplexity",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="t-SNE perplexity. Default: 30, or (N-1)/3 for fewer than 91 images.",
+    ),
+    click.option(
+        "--pca-dims",
+        type=click.IntRange(2),
+        default=reduce.PCA_DIMS,
+        show_default=True,
+        help="Principal components kept before t-SNE.",
+    ),
 )
 
 
@@ -121,19 +180,41 @@ def _aspect(ctx, param, value):
 
 
 assign_options = _with(
-    click.option("--grid", callback=_grid, default=None, metavar="ROWSxCOLS",
-                 help="Grid shape, e.g. 12x16. Default: the smallest near-square grid."),
-    click.option("--aspect", callback=_aspect, default=None, metavar="W:H",
-                 help="Grid shape, e.g. 16:9: the smallest grid of about that width:height in cells "
-                      "that holds every image. Ignored with --grid."),
-    click.option("--solver", type=click.Choice(assign.SOLVER_CHOICES), default="auto", show_default=True,
-                 help=f"exact: optimal, cubic time; blocks: scalable, near-optimal; auto: exact up to "
-                      f"{assign.EXACT_MAX_CELLS} cells."),
-    click.option("--subset", is_flag=True,
-                 help="With more images than cells, keep a representative subset instead of failing; "
-                      "the left-out images are listed in assign.json."),
-    click.option("--refine/--no-refine", default=True, show_default=True,
-                 help="Sort the grid locally against the embeddings after the assignment."),
+    click.option(
+        "--grid",
+        callback=_grid,
+        default=None,
+        metavar="ROWSxCOLS",
+        help="Grid shape, e.g. 12x16. Default: the smallest near-square grid.",
+    ),
+    click.option(
+        "--aspect",
+        callback=_aspect,
+        default=None,
+        metavar="W:H",
+        help="Grid shape, e.g. 16:9: the smallest grid of about that width:height in cells "
+        "that holds every image. Ignored with --grid.",
+    ),
+    click.option(
+        "--solver",
+        type=click.Choice(assign.SOLVER_CHOICES),
+        default="auto",
+        show_default=True,
+        help=f"exact: optimal, cubic time; blocks: scalable, near-optimal; auto: exact up to "
+        f"{assign.EXACT_MAX_CELLS} cells.",
+    ),
+    click.option(
+        "--subset",
+        is_flag=True,
+        help="With more images than cells, keep a representative subset instead of failing; "
+        "the left-out images are listed in assign.json.",
+    ),
+    click.option(
+        "--refine/--no-refine",
+        default=True,
+        show_default=True,
+        help="Sort the grid locally against the embeddings after the assignment.",
+    ),
 )
 
 
@@ -150,20 +231,52 @@ def _colour(ctx, param, value):
 
 
 render_options = _with(
-        click.option("--tile", "tile_px", type=click.IntRange(4), default=render.DEFAULT_TILE_PX,
-                     show_default=True, help="Tile size in pixels (the web page's full zoom)."),
-        click.option("--fit", type=click.Choice(render.FITS), default="crop", show_default=True,
-                     help="crop: fill the tile, cutting the edges; pad: whole photo on the background; "
-                          "stretch: whole photo squeezed to a square."),
-        click.option("--gap", "gap_px", type=click.IntRange(0), default=0, show_default=True,
-                     help="Pixels of background between tiles."),
-        click.option("--background", default="black", show_default=True, callback=_colour,
-                     help="Colour of empty cells, gaps and margins: a name or #RRGGBB."),
-        click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-                     help="JPEG/WebP quality (also of the web page's tiles)."),
-        click.option("--format", "image_format", type=click.Choice(render.FORMATS), default="auto",
-                     show_default=True, help="Output format; auto: from OUTPUT's extension. "
-                                             "Needed when OUTPUT is - (stdout)."),
+    click.option(
+        "--tile",
+        "tile_px",
+        type=click.IntRange(4),
+        default=render.DEFAULT_TILE_PX,
+        show_default=True,
+        help="Tile size in pixels (the web page's full zoom).",
+    ),
+    click.option(
+        "--fit",
+        type=click.Choice(render.FITS),
+        default="crop",
+        show_default=True,
+        help="crop: fill the tile, cutting the edges; pad: whole photo on the background; "
+        "stretch: whole photo squeezed to a square.",
+    ),
+    click.option(
+        "--gap",
+        "gap_px",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="Pixels of background between tiles.",
+    ),
+    click.option(
+        "--background",
+        default="black",
+        show_default=True,
+        callback=_colour,
+        help="Colour of empty cells, gaps and margins: a name or #RRGGBB.",
+    ),
+    click.option(
+        "--quality",
+        type=click.IntRange(1, 100),
+        default=90,
+        show_default=True,
+        help="JPEG/WebP quality (also of the web page's tiles).",
+    ),
+    click.option(
+        "--format",
+        "image_format",
+        type=click.Choice(render.FORMATS),
+        default="auto",
+        show_default=True,
+        help="Output format; auto: from OUTPUT's extension. Needed when OUTPUT is - (stdout).",
+    ),
 )
 
 
@@ -178,8 +291,13 @@ def _check_output(output: str, image_format: str, as_json: bool) -> None:
 
 
 def jobs_option(command):
-    return click.option("-j", "--jobs", type=click.IntRange(1), default=None,
-                        help="Threads decoding images. Default: up to 4.")(command)
+    return click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(1),
+        default=None,
+        help="Threads decoding images. Default: up to 4.",
+    )(command)
 
 
 def reports_errors(command):
@@ -213,35 +331,51 @@ def _report(summary: dict, quiet: bool) -> None:
     if stage == "embed":
         shard = f" (shard {summary['shard']}, into the cache)" if "shard" in summary else ""
         reused = f" ({summary['reused']} from cache)" if summary["reused"] else ""
-        skipped = (f", {summary['skipped']} skipped: {embed.describe_skips(summary['skipped_by_reason'])}"
-                   if summary["skipped"] else "")
-        click.echo(f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped} {seconds}",
-                   err=True)
+        skipped = (
+            f", {summary['skipped']} skipped: {embed.describe_skips(summary['skipped_by_reason'])}"
+            if summary["skipped"]
+            else ""
+        )
+        click.echo(
+            f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped} {seconds}", err=True
+        )
     elif stage == "reduce":
         kl = summary["kl_divergence"]
         kl = f", KL divergence {kl:.3f}" if kl is not None else ""
-        click.echo(f"reduce: {summary['points']} points, perplexity {summary['perplexity']:.3g}{kl} "
-                   f"{seconds}", err=True)
+        click.echo(
+            f"reduce: {summary['points']} points, perplexity {summary['perplexity']:.3g}{kl} {seconds}",
+            err=True,
+        )
     elif stage == "assign":
         left_out = f", {len(summary['left_out'])} left out" if summary.get("left_out") else ""
-        click.echo(f"assign: {summary['placed']} images on a {summary['rows']}x{summary['cols']} grid"
-                   f"{left_out}, {summary['empty_cells']} empty cells, solver {summary['solver']}, "
-                   f"{_quality_text(summary['quality'])} {seconds}", err=True)
+        click.echo(
+            f"assign: {summary['placed']} images on a {summary['rows']}x{summary['cols']} grid"
+            f"{left_out}, {summary['empty_cells']} empty cells, solver {summary['solver']}, "
+            f"{_quality_text(summary['quality'])} {seconds}",
+            err=True,
+        )
     elif stage == "render":
         missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
         cached = f", {summary['from_cache']} from the tile cache" if summary.get("from_cache") else ""
-        click.echo(f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
-                   f"{summary['tiles']} tiles{cached}{missing}) {seconds}", err=True)
+        click.echo(
+            f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
+            f"{summary['tiles']} tiles{cached}{missing}) {seconds}",
+            err=True,
+        )
         for entry in summary["unreadable"][:MAX_SKIPS_LISTED]:
             click.echo(f"  unreadable now: {entry['path']}: {entry['reason']}", err=True)
         if len(summary["unreadable"]) > MAX_SKIPS_LISTED:
-            click.echo(f"  ... and {len(summary['unreadable']) - MAX_SKIPS_LISTED} more, listed in "
-                       "render.json", err=True)
+            click.echo(
+                f"  ... and {len(summary['unreadable']) - MAX_SKIPS_LISTED} more, listed in render.json",
+                err=True,
+            )
 
 
 def _quality_text(quality: dict) -> str:
-    return (f"DPQ_{quality['dpq_p']} {quality['dpq']:.3f}, neighbourhood preservation "
-            f"(k={quality['k']}) {quality['neighbourhood_preservation']:.3f}")
+    return (
+        f"DPQ_{quality['dpq_p']} {quality['dpq']:.3f}, neighbourhood preservation "
+        f"(k={quality['k']}) {quality['neighbourhood_preservation']:.3f}"
+    )
 
 
 def _list_skipped(workdir: Workdir, quiet: bool) -> None:
@@ -251,8 +385,10 @@ def _list_skipped(workdir: Workdir, quiet: bool) -> None:
     for entry in skipped[:MAX_SKIPS_LISTED]:
         click.echo(f"  skipped {entry['path']}: {entry['reason']}", err=True)
     if len(skipped) > MAX_SKIPS_LISTED:
-        click.echo(f"  ... and {len(skipped) - MAX_SKIPS_LISTED} more, listed in "
-                   f"{workdir.file('images.json')}", err=True)
+        click.echo(
+            f"  ... and {len(skipped) - MAX_SKIPS_LISTED} more, listed in {workdir.file('images.json')}",
+            err=True,
+        )
 
 
 def _message(quiet: bool):
@@ -293,8 +429,13 @@ def _shard(ctx, param, value):
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @workdir_option
 @embed_options
-@click.option("--shard", callback=_shard, default=None, metavar="K/N",
-              help="Embed only the K-th of N slices of the inputs, into the cache.")
+@click.option(
+    "--shard",
+    callback=_shard,
+    default=None,
+    metavar="K/N",
+    help="Embed only the K-th of N slices of the inputs, into the cache.",
+)
 @jobs_option
 @output_options
 @reports_errors
@@ -317,7 +458,7 @@ def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
     wd = Workdir(workdir or default_workdir())
     paths, model, settings = _start_embed(paths, settings)
     # Shards only add files to the cache, so several may run at once beside each other.
-    with (wd.lock() if shard is None else contextlib.nullcontext()):
+    with wd.lock() if shard is None else contextlib.nullcontext():
         summary = embed.run(wd, paths, model=model, jobs=jobs, shard=shard, progress=not quiet, **settings)
         _report(summary, quiet)
         if shard is None:
@@ -328,13 +469,23 @@ def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
 @main.command("reduce")
 @workdir_option
 @reduce_options
-@click.option("--embeddings", "vectors", type=click.Path(exists=True, dir_okay=False), default=None,
-              metavar="VECTORS.npy",
-              help="Use these N x D vectors (CLIP, ...) instead of embed's: they are copied into the "
-                   "work directory as embeddings.npy.")
-@click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              metavar="PATHS.txt",
-              help="With --embeddings: the image of each row, one path a line, for render.")
+@click.option(
+    "--embeddings",
+    "vectors",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    metavar="VECTORS.npy",
+    help="Use these N x D vectors (CLIP, ...) instead of embed's: they are copied into the "
+    "work directory as embeddings.npy.",
+)
+@click.option(
+    "--paths",
+    "paths_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    metavar="PATHS.txt",
+    help="With --embeddings: the image of each row, one path a line, for render.",
+)
 @output_options
 @reports_errors
 def reduce_command(workdir, seed, perplexity, pca_dims, vectors, paths_file, quiet, as_json):
@@ -372,8 +523,15 @@ def assign_command(workdir, grid, aspect, solver, subset, refine, quiet, as_json
     """
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = assign.run(wd, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
-                             on_message=_message(quiet))
+        summary = assign.run(
+            wd,
+            grid=grid,
+            aspect=aspect,
+            solver=solver,
+            subset=subset,
+            refine=refine,
+            on_message=_message(quiet),
+        )
     _report(summary, quiet)
     _emit(summary, as_json)
 
@@ -385,8 +543,9 @@ def assign_command(workdir, grid, aspect, solver, subset, refine, quiet, as_json
 @jobs_option
 @output_options
 @reports_errors
-def render_command(output, workdir, tile_px, fit, gap_px, background, quality, image_format, jobs,
-                   quiet, as_json):
+def render_command(
+    output, workdir, tile_px, fit, gap_px, background, quality, image_format, jobs, quiet, as_json
+):
     """Draw the mosaic to OUTPUT and print its path.
 
     OUTPUT's extension picks the format: .jpg/.jpeg, .png, .webp, .tif/.tiff,
@@ -404,9 +563,19 @@ def render_command(output, workdir, tile_px, fit, gap_px, background, quality, i
     _check_output(output, image_format, as_json)
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = render.run(wd, output, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
-                             quality=quality, image_format=image_format, jobs=jobs, progress=not quiet,
-                             stdout=sys.stdout.buffer)
+        summary = render.run(
+            wd,
+            output,
+            tile_px=tile_px,
+            background=background,
+            fit=fit,
+            gap_px=gap_px,
+            quality=quality,
+            image_format=image_format,
+            jobs=jobs,
+            progress=not quiet,
+            stdout=sys.stdout.buffer,
+        )
     _report(summary, quiet)
     if output != render.STDOUT:
         _emit(summary, as_json, plain=summary["output"])
@@ -414,10 +583,21 @@ def render_command(output, workdir, tile_px, fit, gap_px, background, quality, i
 
 @main.command("export")
 @workdir_option
-@click.option("--format", "table_format", type=click.Choice(export.FORMATS), default="auto",
-              show_default=True, help="auto: from -o's extension, else csv.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              help="Write to this file instead of stdout.")
+@click.option(
+    "--format",
+    "table_format",
+    type=click.Choice(export.FORMATS),
+    default="auto",
+    show_default=True,
+    help="auto: from -o's extension, else csv.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    help="Write to this file instead of stdout.",
+)
 @reports_errors
 def export_command(workdir, table_format, output):
     """Print each photo's grid position and t-SNE coordinates, one row per photo.
@@ -453,9 +633,30 @@ def export_command(workdir, table_format, output):
 @click.option("--force", is_flag=True, help="Rerun every stage, fresh or not.")
 @output_options
 @reports_errors
-def all_command(photos, output, workdir, seed, perplexity, pca_dims, grid, aspect, solver, subset, refine,
-                tile_px, fit, gap_px, background, quality, image_format, jobs, force, quiet, as_json,
-                **embed_settings):
+def all_command(
+    photos,
+    output,
+    workdir,
+    seed,
+    perplexity,
+    pca_dims,
+    grid,
+    aspect,
+    solver,
+    subset,
+    refine,
+    tile_px,
+    fit,
+    gap_px,
+    background,
+    quality,
+    image_format,
+    jobs,
+    force,
+    quiet,
+    as_json,
+    **embed_settings,
+):
     """Run every stage from PHOTOS to the mosaic OUTPUT, skipping fresh ones.
 
     A stage is fresh when its inputs and options are unchanged since it last
@@ -481,11 +682,31 @@ def all_command(photos, output, workdir, seed, perplexity, pca_dims, grid, aspec
     with wd.lock():
         photos, model, embed_settings = _start_embed(photos, embed_settings)
         summaries = pipeline.run_all(
-            wd, photos, output, model=model, embed_settings=embed_settings, seed=seed, perplexity=perplexity,
-            pca_dims=pca_dims, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
-            on_message=_message(quiet), tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
-            quality=quality, image_format=image_format, jobs=jobs, progress=not quiet, force=force,
-            on_stage_done=stage_done, stdout=sys.stdout.buffer,
+            wd,
+            photos,
+            output,
+            model=model,
+            embed_settings=embed_settings,
+            seed=seed,
+            perplexity=perplexity,
+            pca_dims=pca_dims,
+            grid=grid,
+            aspect=aspect,
+            solver=solver,
+            subset=subset,
+            refine=refine,
+            on_message=_message(quiet),
+            tile_px=tile_px,
+            background=background,
+            fit=fit,
+            gap_px=gap_px,
+            quality=quality,
+            image_format=image_format,
+            jobs=jobs,
+            progress=not quiet,
+            force=force,
+            on_stage_done=stage_done,
+            stdout=sys.stdout.buffer,
         )
     if output != render.STDOUT:
         _emit(summaries, as_json, plain=summaries[-1]["output"])

@@ -106,9 +106,7 @@ class Model:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), options, providers=[self.provider]
-            )
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=[self.provider])
         except Exception as error:  # onnxruntime raises its own unrelated types
             raise StageError(f"cannot load the ONNX model {self.path}: {error}") from None
         model_input = self.session.get_inputs()[0]
@@ -130,8 +128,14 @@ class Model:
         return jsonable({"sha256": self.sha256, "preprocessing": asdict(self.prep)})
 
     def describe(self) -> dict:
-        return jsonable({"name": self.name, "path": str(self.path), "sha256": self.sha256,
-                         "preprocessing": asdict(self.prep)})
+        return jsonable(
+            {
+                "name": self.name,
+                "path": str(self.path),
+                "sha256": self.sha256,
+                "preprocessing": asdict(self.prep),
+            }
+        )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         (features,) = self.session.run(None, {self.input_name: batch})[:1]
@@ -142,12 +146,19 @@ class Model:
 
 def _provider_name(provider: str, available: list[str]) -> str:
     """``cpu``/``cuda``/... or a full onnxruntime provider name -> the full name, if installed."""
-    full = provider if provider.endswith("ExecutionProvider") else {
-        "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-        "tensorrt": "TensorrtExecutionProvider", "rocm": "ROCMExecutionProvider",
-        "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider",
-        "openvino": "OpenVINOExecutionProvider",
-    }.get(provider.lower(), provider)
+    full = (
+        provider
+        if provider.endswith("ExecutionProvider")
+        else {
+            "cpu": "CPUExecutionProvider",
+            "cuda": "CUDAExecutionProvider",
+            "tensorrt": "TensorrtExecutionProvider",
+            "rocm": "ROCMExecutionProvider",
+            "coreml": "CoreMLExecutionProvider",
+            "directml": "DmlExecutionProvider",
+            "openvino": "OpenVINOExecutionProvider",
+        }.get(provider.lower(), provider)
+    )
     if full not in available:
         raise StageError(
             f"onnxruntime here has no {full}: available are {', '.join(available)}"
@@ -267,8 +278,12 @@ def default_cache_dir(workdir: Workdir) -> Path:
 
 
 def parameters(
-    paths: Iterable[str], model: Model, extensions: Sequence[str], max_pixels: int,
-    exclude: Iterable[str], hidden: bool,
+    paths: Iterable[str],
+    model: Model,
+    extensions: Sequence[str],
+    max_pixels: int,
+    exclude: Iterable[str],
+    hidden: bool,
 ) -> dict:
     return {
         "paths": [os.path.abspath(p) for p in paths],
@@ -328,8 +343,15 @@ def run(
             skipped.append({"path": str(item.path), "reason": item.reason})
             continue
         record = cache.by_sha[item.sha256]
-        embedded.append({"path": str(item.path), "bytes": item.bytes, "sha256": item.sha256,
-                         "width": record.width, "height": record.height})
+        embedded.append(
+            {
+                "path": str(item.path),
+                "bytes": item.bytes,
+                "sha256": item.sha256,
+                "width": record.width,
+                "height": record.height,
+            }
+        )
         vectors.append(record.vector)
     computed = sum(item.array is not None for item in outcome)
     results = {
@@ -340,13 +362,21 @@ def run(
         "skipped_by_reason": dict(collections.Counter(imagelib.reason_kind(s["reason"]) for s in skipped)),
     }
     if shard is not None:
-        return {"stage": STAGE, "ran": True, "shard": f"{shard[0]}/{shard[1]}", **results,
-                "seconds": round(time.perf_counter() - started, 3)}
+        return {
+            "stage": STAGE,
+            "ran": True,
+            "shard": f"{shard[0]}/{shard[1]}",
+            **results,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     if not embedded:
         raise StageError(
             f"no image could be embedded from {', '.join(map(str, paths))}"
-            + (f" ({len(skipped)} skipped: {describe_skips(results['skipped_by_reason'])})"
-               if skipped else "")
+            + (
+                f" ({len(skipped)} skipped: {describe_skips(results['skipped_by_reason'])})"
+                if skipped
+                else ""
+            )
         )
     cache.compact()
     save_npy(workdir.file(EMBEDDINGS), np.stack(vectors).astype(np.float32))
@@ -357,8 +387,13 @@ def run(
 
 
 def _embed_files(
-    files: list[Path], cache: EmbeddingCache, model: Model, batch_size: int, jobs: int,
-    max_pixels: int, progress: bool,
+    files: list[Path],
+    cache: EmbeddingCache,
+    model: Model,
+    batch_size: int,
+    jobs: int,
+    max_pixels: int,
+    progress: bool,
 ) -> list[_Item]:
     """Run the model over every file not yet cached, saving each batch as it completes."""
     outcome: list[_Item] = []
@@ -366,8 +401,9 @@ def _embed_files(
     batches = _prepared_batches(
         files, lambda path: _prepare(path, cache, model.prep, max_pixels), batch_size, jobs
     )
-    bar = tqdm(total=len(files), unit="img", desc="embed", disable=None if progress else True,
-               file=sys.stderr)
+    bar = tqdm(
+        total=len(files), unit="img", desc="embed", disable=None if progress else True, file=sys.stderr
+    )
     try:
         with contextlib.closing(batches):
             for batch in batches:
@@ -378,7 +414,8 @@ def _embed_files(
                 records += [
                     _record(item, cache.by_sha[item.sha256].vector, cache.by_sha[item.sha256])
                     for item in batch
-                    if item.array is None and not item.reason
+                    if item.array is None
+                    and not item.reason
                     and cache.sha_of_unchanged(str(item.path), item.bytes, item.mtime_ns) is None
                 ]
                 cache.add(records)

@@ -43,13 +43,23 @@ def positions(workdir: Workdir) -> list[dict]:
         )
     coords = workdir.load_array(COORDS)
     table = []
-    for index, (entry, cell, point) in enumerate(zip(listing, cell_of_image.tolist(), coords.tolist(),
-                                                     strict=True)):
+    for index, (entry, cell, point) in enumerate(
+        zip(listing, cell_of_image.tolist(), coords.tolist(), strict=True)
+    ):
         if cell < 0:  # left out of the grid by assign --subset: no position to give
             continue
         row, col = divmod(cell, cols)
-        table.append({"index": index, "path": entry["path"], "row": row, "col": col, "cell": cell,
-                      "x": round(point[0], 6), "y": round(point[1], 6)})
+        table.append(
+            {
+                "index": index,
+                "path": entry["path"],
+                "row": row,
+                "col": col,
+                "cell": cell,
+                "x": round(point[0], 6),
+                "y": round(point[1], 6),
+            }
+        )
     return table
 
 

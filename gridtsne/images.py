@@ -28,8 +28,22 @@ except ImportError:
 #: What a folder walk looks at. A file named on the command line is tried
 #: whatever its name: Pillow, not the extension, decides what is an image.
 DEFAULT_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-    ".heic", ".heif", ".avif", ".jp2", ".ppm", ".pgm", ".pnm",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".png",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".jp2",
+    ".ppm",
+    ".pgm",
+    ".pnm",
 )
 
 #: Pillow's own decompression-bomb threshold: refuse headers that claim more.
@@ -108,7 +122,8 @@ def find_images(
                     continue
                 walked.add((stat.st_dev, stat.st_ino))
                 subfolders[:] = sorted(
-                    d for d in subfolders
+                    d
+                    for d in subfolders
                     if (hidden or not d.startswith(".")) and (Path(folder) / d).resolve() not in excluded
                 )
                 for name in sorted(names):

@@ -24,8 +24,11 @@ def stage_status(workdir: Workdir) -> list[dict]:
             entry["results"] = manifest["results"]
             try:
                 module = modules[stage]
-                inputs = (module.current_inputs(manifest["params"]) if stage == "embed"
-                          else module.current_inputs(workdir))
+                inputs = (
+                    module.current_inputs(manifest["params"])
+                    if stage == "embed"
+                    else module.current_inputs(workdir)
+                )
                 reason = workdir.staleness(stage, manifest["params"], inputs)
             except StageError as error:
                 reason = str(error)
@@ -70,14 +73,41 @@ def run_all(
     skip = not force
     summaries = []
     for step in (
-        lambda: embed.run(workdir, paths, model=model, exclude=render.paths_written(output, image_format),
-                          jobs=jobs, progress=progress, skip_if_fresh=skip, **(embed_settings or {})),
+        lambda: embed.run(
+            workdir,
+            paths,
+            model=model,
+            exclude=render.paths_written(output, image_format),
+            jobs=jobs,
+            progress=progress,
+            skip_if_fresh=skip,
+            **(embed_settings or {}),
+        ),
         lambda: reduce.run(workdir, seed=seed, perplexity=perplexity, pca_dims=pca_dims, skip_if_fresh=skip),
-        lambda: assign.run(workdir, grid=grid, aspect=aspect, solver=solver, subset=subset, refine=refine,
-                           skip_if_fresh=skip, on_message=on_message),
-        lambda: render.run(workdir, output, tile_px=tile_px, background=background, fit=fit, gap_px=gap_px,
-                           quality=quality, image_format=image_format, jobs=jobs, progress=progress,
-                           skip_if_fresh=skip, stdout=stdout),
+        lambda: assign.run(
+            workdir,
+            grid=grid,
+            aspect=aspect,
+            solver=solver,
+            subset=subset,
+            refine=refine,
+            skip_if_fresh=skip,
+            on_message=on_message,
+        ),
+        lambda: render.run(
+            workdir,
+            output,
+            tile_px=tile_px,
+            background=background,
+            fit=fit,
+            gap_px=gap_px,
+            quality=quality,
+            image_format=image_format,
+            jobs=jobs,
+            progress=progress,
+            skip_if_fresh=skip,
+            stdout=stdout,
+        ),
     ):
         summaries.append(step())
         on_stage_done(summaries[-1])

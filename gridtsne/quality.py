@@ -133,8 +133,14 @@ def layout_quality(
     points = np.asarray(embeddings, dtype=np.float64)
     n_points = len(points)
     if n_points < 3:
-        return {"dpq": 1.0, "dpq_p": p, "neighbourhood_preservation": 1.0, "k": k,
-                "queries": n_points, "sampled": False}
+        return {
+            "dpq": 1.0,
+            "dpq_p": p,
+            "neighbourhood_preservation": 1.0,
+            "k": k,
+            "queries": n_points,
+            "sampled": False,
+        }
     cells = grid_positions(cell_of_image, cols)
     if n_points > sample_size:
         queries = np.sort(np.random.default_rng(seed).choice(n_points, sample_size, replace=False))
@@ -149,7 +155,7 @@ def layout_quality(
     ranks = np.arange(1, n_points)
     chunk = max(1, _CHUNK_BYTES // (8 * n_points))
     for start in range(0, len(queries), chunk):
-        index = queries[start:start + chunk]
+        index = queries[start : start + chunk]
         embedding_distance = _distances(points[index], points, point_sq)
         grid_distance = np.rint(_distances(cells[index], cells, cell_sq) ** 2).astype(np.int64)
         # Self (distance 0) comes first and is dropped.

@@ -143,9 +143,9 @@ def tsne_2d(
         )
     if x.shape[1] > settings.pop("pca_dims"):
         x = pca(x, pca_dims)
-    embedding = TSNE(
-        n_components=2, perplexity=perplexity, random_state=seed, verbose=False, **settings
-    ).fit(x)
+    embedding = TSNE(n_components=2, perplexity=perplexity, random_state=seed, verbose=False, **settings).fit(
+        x
+    )
     return to_unit_square(np.asarray(embedding)), float(embedding.kl_divergence)
 
 
@@ -178,8 +178,10 @@ def import_embeddings(
     except (OSError, ValueError) as error:
         raise StageError(f"cannot read {vectors_path} as a .npy array: {error}") from None
     if vectors.ndim != 2 or len(vectors) == 0 or not np.issubdtype(vectors.dtype, np.number):
-        raise StageError(f"{vectors_path} holds a {vectors.dtype} array of shape {vectors.shape}: "
-                         "give an N x D array of numbers, one row per image")
+        raise StageError(
+            f"{vectors_path} holds a {vectors.dtype} array of shape {vectors.shape}: "
+            "give an N x D array of numbers, one row per image"
+        )
     if not np.isfinite(vectors).all():
         raise StageError(f"{vectors_path} holds NaN or infinite values")
     images = None
@@ -187,13 +189,19 @@ def import_embeddings(
         lines = [line.strip() for line in Path(paths_file).read_text(encoding="utf-8").splitlines()]
         paths = [line for line in lines if line]
         if len(paths) != len(vectors):
-            raise StageError(f"{paths_file} lists {len(paths)} paths for the {len(vectors)} rows "
-                             f"of {vectors_path}: give one path per row, in the same order")
+            raise StageError(
+                f"{paths_file} lists {len(paths)} paths for the {len(vectors)} rows "
+                f"of {vectors_path}: give one path per row, in the same order"
+            )
         base = Path(paths_file).parent
-        images = {"images": [{"path": str((base / p) if not Path(p).is_absolute() else Path(p))}
-                             for p in paths],
-                  "skipped": [], "source": {"embeddings": str(Path(vectors_path).absolute()),
-                                            "paths": str(Path(paths_file).absolute())}}
+        images = {
+            "images": [{"path": str((base / p) if not Path(p).is_absolute() else Path(p))} for p in paths],
+            "skipped": [],
+            "source": {
+                "embeddings": str(Path(vectors_path).absolute()),
+                "paths": str(Path(paths_file).absolute()),
+            },
+        }
     # embed's outputs are replaced, so its manifest no longer describes them.
     workdir.manifest_path("embed").unlink(missing_ok=True)
     save_npy(workdir.file(EMBEDDINGS), vectors.astype(np.float32))

@@ -66,10 +66,18 @@ SEED = 0
 
 def settings() -> dict:
     """Every refinement setting, for assign.json."""
-    return {"sort_dims": SORT_DIMS, "start_share": round(START_SHARE, 4), "radius_decay": RADIUS_DECAY,
-            "final_passes": FINAL_PASSES, "set_side": SET_SIDE, "swap_dims": SWAP_DIMS,
-            "ring_weights": {str(d2): w for d2, w in RING_WEIGHTS.items()}, "swap_reach": SWAP_REACH,
-            "max_sweeps": MAX_SWEEPS, "seed": SEED}
+    return {
+        "sort_dims": SORT_DIMS,
+        "start_share": round(START_SHARE, 4),
+        "radius_decay": RADIUS_DECAY,
+        "final_passes": FINAL_PASSES,
+        "set_side": SET_SIDE,
+        "swap_dims": SWAP_DIMS,
+        "ring_weights": {str(d2): w for d2, w in RING_WEIGHTS.items()},
+        "swap_reach": SWAP_REACH,
+        "max_sweeps": MAX_SWEEPS,
+        "seed": SEED,
+    }
 
 
 def radius_schedule(rows: int, cols: int, start_share: float = START_SHARE) -> tuple[int, ...]:
@@ -87,8 +95,9 @@ def box_sum(grid: np.ndarray, radius: int) -> np.ndarray:
     summed = np.asarray(grid, dtype=np.float64)
     for axis in (0, 1):
         length = summed.shape[axis]
-        running = np.concatenate([np.zeros_like(summed.take([0], axis=axis)),
-                                  summed.cumsum(axis=axis)], axis=axis)
+        running = np.concatenate(
+            [np.zeros_like(summed.take([0], axis=axis)), summed.cumsum(axis=axis)], axis=axis
+        )
         high = np.minimum(np.arange(length) + radius + 1, length)
         low = np.maximum(np.arange(length) - radius, 0)
         summed = running.take(high, axis=axis) - running.take(low, axis=axis)
@@ -180,8 +189,9 @@ class _NeighbourDistances:
         self.side = 2 * reach + 1
         n_images = len(vectors)
         # Row n_images is a zero vector that stands for an empty cell.
-        self.vectors = np.vstack([np.asarray(vectors, dtype=np.float32),
-                                  np.zeros((1, vectors.shape[1]), dtype=np.float32)])
+        self.vectors = np.vstack(
+            [np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), dtype=np.float32)]
+        )
         self.squares = (self.vectors.astype(np.float64) ** 2).sum(axis=1)
         self.empty = n_images
         self.occupant = np.full((rows + 2 * reach) * self.width, n_images, dtype=np.int64)
@@ -204,11 +214,14 @@ class _NeighbourDistances:
         """Recompute the stencil rows of ``cells`` and the mirrored entries that see them."""
         mirror = self.side**2 - 1 - np.arange(self.side**2)
         for start in range(0, len(cells), chunk):
-            part = cells[start:start + chunk]
+            part = cells[start : start + chunk]
             image = self.occupant[part]
             around = self.occupant[part[:, None] + self.offsets[None, :]]
-            squared = (self.squares[image][:, None] + self.squares[around]
-                       - 2.0 * np.einsum("bd,bkd->bk", self.vectors[image], self.vectors[around]))
+            squared = (
+                self.squares[image][:, None]
+                + self.squares[around]
+                - 2.0 * np.einsum("bd,bkd->bk", self.vectors[image], self.vectors[around])
+            )
             rows = np.sqrt(np.maximum(squared, 0.0))
             rows[(image == self.empty)[:, None] | (around == self.empty)] = 0.0
             self.distance[part] = rows
@@ -234,10 +247,15 @@ def swap_layout(
     """Step 2: exact pair swaps that lower the weighted neighbour distance (see the module docstring)."""
     rng = np.random.default_rng(seed)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
-    kernel = [(d_row, d_col, weight) for d_row in range(-ring, ring + 1) for d_col in range(-ring, ring + 1)
-              if (weight := RING_WEIGHTS.get(d_row * d_row + d_col * d_col))]
-    stencil = _NeighbourDistances(vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols,
-                                  ring + SWAP_REACH)
+    kernel = [
+        (d_row, d_col, weight)
+        for d_row in range(-ring, ring + 1)
+        for d_col in range(-ring, ring + 1)
+        if (weight := RING_WEIGHTS.get(d_row * d_row + d_col * d_col))
+    ]
+    stencil = _NeighbourDistances(
+        vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols, ring + SWAP_REACH
+    )
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
     # The pairs of one class (a partner offset, a phase on a lattice this coarse) lie
     # farther apart than a neighbour ring reaches, so their swaps are independent
@@ -266,8 +284,9 @@ def swap_layout(
                     col = col[(col + d_col >= 0) & (col + d_col < cols)]
                     first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
                     if len(first):
-                        classes.append((first, first + d_row * stencil.width + d_col,
-                                        first_weights, second_weights))
+                        classes.append(
+                            (first, first + d_row * stencil.width + d_col, first_weights, second_weights)
+                        )
     for _ in range(sweeps):
         swapped = 0
         for index in rng.permutation(len(classes)):

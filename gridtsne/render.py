@@ -103,8 +103,14 @@ class Mosaic:
         by_cell = np.argsort(self.cell_of_image, kind="stable")
         order = by_cell[self.cell_of_image[by_cell] >= 0].tolist()  # -1: left out by assign --subset
         made = tiles.in_order(self.tiles, self.entries, order, self.jobs)
-        bar = tqdm(made, total=len(order), unit="img", desc="render", file=sys.stderr,
-                   disable=None if self.progress else True)
+        bar = tqdm(
+            made,
+            total=len(order),
+            unit="img",
+            desc="render",
+            file=sys.stderr,
+            disable=None if self.progress else True,
+        )
         self.unreadable = []
 
         def blank_row() -> Image.Image:
@@ -120,8 +126,10 @@ class Mosaic:
                 self.unreadable.append({"path": self.entries[index]["path"], "reason": reason})
                 continue
             # A "pad" tile is smaller than tile_px on one side: centre it on the background.
-            row_image.paste(tile, (col * self.pitch_px + (self.tile_px - tile.width) // 2,
-                                   (self.tile_px - tile.height) // 2))
+            row_image.paste(
+                tile,
+                (col * self.pitch_px + (self.tile_px - tile.width) // 2, (self.tile_px - tile.height) // 2),
+            )
         yield row_image
         for _ in range(row_now + 1, self.rows):
             yield blank_row()
@@ -210,14 +218,19 @@ class PillowWriter:
         needed, available = width * height * self.BYTES_PER_PIXEL, available_memory_bytes()
         # Refuse now rather than be killed for memory after minutes of decoding photos.
         if available is not None and needed > 0.8 * available:
-            raise _too_large(self.name.upper(), width, height,
-                             f"it must be held in memory to be encoded: {needed / 2**30:.1f} GiB, "
-                             f"and {available / 2**30:.1f} GiB are free")
+            raise _too_large(
+                self.name.upper(),
+                width,
+                height,
+                f"it must be held in memory to be encoded: {needed / 2**30:.1f} GiB, "
+                f"and {available / 2**30:.1f} GiB are free",
+            )
 
     def save(self, mosaic: Mosaic, destination: Path | BinaryIO) -> dict:
         picture = mosaic.picture()
-        return _to(destination, lambda handle: picture.save(handle, format=self.pil_format,
-                                                            **self.save_options))
+        return _to(
+            destination, lambda handle: picture.save(handle, format=self.pil_format, **self.save_options)
+        )
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -234,8 +247,9 @@ def paeth_filtered(pixels: np.ndarray, above: np.ndarray) -> bytes:
     up_left[:, 3:] = up[:, :-3]
     estimate = left + up - up_left
     to_left, to_up, to_up_left = np.abs(estimate - left), np.abs(estimate - up), np.abs(estimate - up_left)
-    predicted = np.where((to_left <= to_up) & (to_left <= to_up_left), left,
-                         np.where(to_up <= to_up_left, up, up_left))
+    predicted = np.where(
+        (to_left <= to_up) & (to_left <= to_up_left), left, np.where(to_up <= to_up_left, up, up_left)
+    )
     filtered = ((raw - predicted) & 0xFF).astype(np.uint8)
     lines = np.empty((len(pixels), filtered.shape[1] + 1), dtype=np.uint8)
     lines[:, 0] = 4
@@ -257,8 +271,9 @@ class PngWriter:
             raise StageError(f"a {width} x {height} px mosaic is too large even for PNG: use a .html page")
 
     def save(self, mosaic: Mosaic, destination: Path | BinaryIO) -> dict:
-        return _to(destination, lambda handle: self.write(mosaic.width, mosaic.height, mosaic.strips(),
-                                                          handle))
+        return _to(
+            destination, lambda handle: self.write(mosaic.width, mosaic.height, mosaic.strips(), handle)
+        )
 
     def write(self, width: int, height: int, strips, handle: BinaryIO) -> None:
         handle.write(b"\x89PNG\r\n\x1a\n")
@@ -289,8 +304,16 @@ WRITERS: dict[str, Callable[[int], object]] = {
     "tiff": lambda quality: PillowWriter("tiff", "TIFF", 2**31 - 1, {"compression": "tiff_adobe_deflate"}),
     "html": _web_writer,
 }
-EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp",
-              ".tif": "tiff", ".tiff": "tiff", ".html": "html", ".htm": "html"}
+EXTENSIONS = {
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".png": "png",
+    ".webp": "webp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".html": "html",
+    ".htm": "html",
+}
 FORMATS = ("auto", *WRITERS)
 
 
@@ -330,11 +353,18 @@ def paths_written(output: str | os.PathLike, image_format: str = "auto") -> list
     return [Path(output)]
 
 
-def parameters(output: str | Path, image_format: str, tile_px: int, background: str, fit: str,
-               gap_px: int, quality: int) -> dict:
-    return {"output": output if output == STDOUT else str(Path(output).absolute()),
-            "format": image_format, "tile_px": tile_px, "background": list(parse_colour(background)),
-            "fit": fit, "gap_px": gap_px, "quality": quality}
+def parameters(
+    output: str | Path, image_format: str, tile_px: int, background: str, fit: str, gap_px: int, quality: int
+) -> dict:
+    return {
+        "output": output if output == STDOUT else str(Path(output).absolute()),
+        "format": image_format,
+        "tile_px": tile_px,
+        "background": list(parse_colour(background)),
+        "fit": fit,
+        "gap_px": gap_px,
+        "quality": quality,
+    }
 
 
 def current_inputs(workdir: Workdir) -> dict:
@@ -376,9 +406,17 @@ def run(
     listing = workdir.load_images()["images"]
     cell_of_image, rows, cols = assign.grid_of(workdir, len(listing))
     tile_maker = tiles.Tiles(workdir.path, tile_px, fit)
-    mosaic = Mosaic(listing, cell_of_image, rows, cols, tile_maker=tile_maker, gap_px=gap_px,
-                    background=tuple(params["background"]), jobs=jobs or min(4, os.cpu_count() or 1),
-                    progress=progress)
+    mosaic = Mosaic(
+        listing,
+        cell_of_image,
+        rows,
+        cols,
+        tile_maker=tile_maker,
+        gap_px=gap_px,
+        background=tuple(params["background"]),
+        jobs=jobs or min(4, os.cpu_count() or 1),
+        progress=progress,
+    )
     writer.check(mosaic.width, mosaic.height)
     outputs = writer.save(mosaic, stdout if to_stdout else output)
     results = {

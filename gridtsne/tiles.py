@@ -38,8 +38,9 @@ def _crop(image: Image.Image, tile_px: int) -> Image.Image:
     """Centre-crop to a square, then scale: fills the tile, cuts the long side's edges."""
     side = min(image.size)
     left, top = (image.width - side) / 2, (image.height - side) / 2
-    return image.resize((tile_px, tile_px), Image.LANCZOS, box=(left, top, left + side, top + side),
-                        reducing_gap=2.0)
+    return image.resize(
+        (tile_px, tile_px), Image.LANCZOS, box=(left, top, left + side, top + side), reducing_gap=2.0
+    )
 
 
 def _pad(image: Image.Image, tile_px: int) -> Image.Image:

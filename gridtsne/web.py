@@ -154,7 +154,8 @@ class WebWriter:
             pyramid.finish()
             data = page_data(mosaic, folder, pyramid.levels)
             (building / "data.js").write_text(
-                "window.GRIDTSNE = " + json.dumps(data, separators=(",", ":")) + ";\n", encoding="utf-8")
+                "window.GRIDTSNE = " + json.dumps(data, separators=(",", ":")) + ";\n", encoding="utf-8"
+            )
             page = TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", folder.name)
             (building / "index.html").write_text(page, encoding="utf-8")
             (building / MARKER).write_text("written by gridtsne render; replaced by the next one\n")

@@ -130,9 +130,7 @@ class Workdir:
         path = self.file(name)
         if not path.is_file():
             stage = WRITTEN_BY[name]
-            raise StageError(
-                f"{path} is missing: run `gridtsne {stage} -w {self.path}` first"
-            )
+            raise StageError(f"{path} is missing: run `gridtsne {stage} -w {self.path}` first")
         return path
 
     def load_array(self, name: str) -> np.ndarray:

@@ -67,18 +67,33 @@ def layout_workdir(folder: Path, photo_paths: list[Path], cell_of_image, rows: i
 
     work = Workdir(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    entries = [{"path": str(path), "bytes": path.stat().st_size,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "width": 0, "height": 0}
-               for path in photo_paths]
+    entries = [
+        {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "width": 0,
+            "height": 0,
+        }
+        for path in photo_paths
+    ]
     save_json(work.file(IMAGES), {"images": entries, "skipped": []})
     cells = np.asarray(cell_of_image, dtype=np.int32)
     rows_of, cols_of = np.divmod(cells, cols)
-    save_npy(work.file(COORDS), np.stack([cols_of / max(cols - 1, 1), rows_of / max(rows - 1, 1)],
-                                         axis=1).astype(np.float32))
+    save_npy(
+        work.file(COORDS),
+        np.stack([cols_of / max(cols - 1, 1), rows_of / max(rows - 1, 1)], axis=1).astype(np.float32),
+    )
     save_npy(work.file(GRID), cells)
     save_npy(work.file(EMBEDDINGS), np.eye(len(cells), dtype=np.float32))  # assign's freshness reads it
-    work.finish_stage("assign", assign.parameters(None), assign.current_inputs(work),
-                      {GRID: work.file(GRID)}, time.perf_counter(), {"rows": rows, "cols": cols})
+    work.finish_stage(
+        "assign",
+        assign.parameters(None),
+        assign.current_inputs(work),
+        {GRID: work.file(GRID)},
+        time.perf_counter(),
+        {"rows": rows, "cols": cols},
+    )
     return work
 
 

@@ -14,15 +14,18 @@ def blobs(n, seed=0):
     return centres[rng.integers(0, 12, n)] + rng.normal(scale=0.05, size=(n, 2))
 
 
-@pytest.mark.parametrize("n, shape", [(1, (1, 1)), (12, (3, 4)), (16, (4, 4)), (17, (4, 5)),
-                                      (110, (10, 11)), (1000, (32, 32))])
+@pytest.mark.parametrize(
+    "n, shape", [(1, (1, 1)), (12, (3, 4)), (16, (4, 4)), (17, (4, 5)), (110, (10, 11)), (1000, (32, 32))]
+)
 def test_default_grid_is_the_smallest_near_square_that_holds_every_image(n, shape):
     rows, cols = assign.grid_shape(n)
     assert (rows, cols) == shape and rows * cols >= n and cols - rows <= 1
 
 
-@pytest.mark.parametrize("n, aspect, shape", [(144, (16, 9), (9, 16)), (1000, (16, 9), (24, 43)),
-                                              (100, (1, 4), (20, 5)), (7, (3, 1), (2, 5))])
+@pytest.mark.parametrize(
+    "n, aspect, shape",
+    [(144, (16, 9), (9, 16)), (1000, (16, 9), (24, 43)), (100, (1, 4), (20, 5)), (7, (3, 1), (2, 5))],
+)
 def test_an_aspect_gives_the_smallest_grid_of_about_that_shape(n, aspect, shape):
     rows, cols = assign.grid_shape(n, aspect)
     assert (rows, cols) == shape and rows * cols >= n
@@ -184,8 +187,18 @@ def test_swaps_undo_a_trade_of_two_neighbouring_images_in_a_perfect_layout():
     rows, cols = 6, 7
     vectors = np.stack(np.divmod(np.arange(rows * cols), cols), axis=1).astype(np.float32)
     # A corner, an edge and the middle, with each kind of neighbour.
-    trades = [((0, 0), (0, 1)), ((0, 0), (1, 1)), ((0, 3), (1, 0)), ((0, 6), (1, -1)), ((2, 3), (0, 1)),
-              ((2, 3), (1, 0)), ((2, 3), (1, 1)), ((2, 3), (1, -1)), ((4, 6), (1, 0)), ((5, 2), (0, 1))]
+    trades = [
+        ((0, 0), (0, 1)),
+        ((0, 0), (1, 1)),
+        ((0, 3), (1, 0)),
+        ((0, 6), (1, -1)),
+        ((2, 3), (0, 1)),
+        ((2, 3), (1, 0)),
+        ((2, 3), (1, 1)),
+        ((2, 3), (1, -1)),
+        ((4, 6), (1, 0)),
+        ((5, 2), (0, 1)),
+    ]
     for (row, col), (d_row, d_col) in trades:
         first, second = row * cols + col, (row + d_row) * cols + col + d_col
         cell_of_image = np.arange(rows * cols)

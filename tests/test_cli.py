@@ -8,8 +8,17 @@ import sys
 import numpy as np
 from PIL import Image
 
-ARTIFACTS = ["images.json", "embeddings.npy", "embed.json", "cache", "coords.npy", "reduce.json",
-             "grid.npy", "assign.json", "render.json"]
+ARTIFACTS = [
+    "images.json",
+    "embeddings.npy",
+    "embed.json",
+    "cache",
+    "coords.npy",
+    "reduce.json",
+    "grid.npy",
+    "assign.json",
+    "render.json",
+]
 
 
 def mtimes(folder, names):
@@ -208,8 +217,9 @@ def test_a_grid_too_small_is_an_error_unless_a_subset_is_asked_for(cli, photos, 
     assert cli("all", photos, tmp_path / "m.png", "-w", work, "--tile", 16).exit_code == 0
     result = cli("assign", "-w", work, "--grid", "2x3")
     assert result.exit_code == 1 and "do not fit a 2x3 grid" in result.stderr and "--subset" in result.stderr
-    result = cli("all", photos, tmp_path / "m.png", "-w", work, "--tile", 16, "--grid", "2x3", "--subset",
-                 "--json")
+    result = cli(
+        "all", photos, tmp_path / "m.png", "-w", work, "--tile", 16, "--grid", "2x3", "--subset", "--json"
+    )
     assert result.exit_code == 0, result.stderr
     assign = json.loads((work / "assign.json").read_text())["results"]
     assert assign["placed"] == 6 and len(assign["left_out"]) == 6 and len(assign["left_out_paths"]) == 6

@@ -49,7 +49,7 @@ def library(tmp_path):
     photo.save(root / "rotated.jpg", exif=exif.tobytes())
     photo.convert("CMYK").save(root / "cmyk.jpg")
     photo.convert("RGBA").save(root / "rgba.png")
-    deep = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
+    deep = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
     Image.fromarray(deep).save(root / "deep16.png")
     frames = [photo, photo.rotate(180)]
     frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
@@ -80,7 +80,9 @@ def test_every_file_is_accounted_for_once_with_what_happened_to_it(cli, library,
         assert name in embedded, skipped.get(name)
     assert sum(name.startswith("trip/day1/") for name in embedded) == 3
     assert (embedded["rotated.jpg"]["width"], embedded["rotated.jpg"]["height"]) == (
-        embedded["cmyk.jpg"]["height"], embedded["cmyk.jpg"]["width"])  # upright size
+        embedded["cmyk.jpg"]["height"],
+        embedded["cmyk.jpg"]["width"],
+    )  # upright size
     assert skipped["truncated.jpg"].startswith("truncated: ")
     assert skipped["zero.jpg"] == "empty: zero bytes"
     assert skipped["notes.jpg"].startswith("not an image: ")
@@ -91,8 +93,9 @@ def test_every_file_is_accounted_for_once_with_what_happened_to_it(cli, library,
     assert len(paths) == len(set(paths)) == 16  # every path looked at, exactly once (loop walked once)
 
     assert summary["embedded"] == 11 and summary["skipped"] == 5
-    assert ("embed: 11 images embedded, 5 skipped: 1 duplicate, 1 empty, 1 not an image, "
-            "1 too large, 1 truncated") in result.stderr
+    assert (
+        "embed: 11 images embedded, 5 skipped: 1 duplicate, 1 empty, 1 not an image, 1 too large, 1 truncated"
+    ) in result.stderr
     assert np.load(tmp_path / "work" / "embeddings.npy").shape == (11, 1280)
 
 
@@ -107,7 +110,9 @@ def test_paths_from_stdin_newline_or_nul_separated(library, tmp_path):
         work = tmp_path / f"work{len(flags)}"
         result = subprocess.run(
             [sys.executable, "-m", "gridtsne", "embed", *flags, "-", "-w", str(work), "--json"],
-            input=separator.join(names).encode(), capture_output=True, check=True,
+            input=separator.join(names).encode(),
+            capture_output=True,
+            check=True,
         )
         assert json.loads(result.stdout)["embedded"] == 3
 
@@ -173,8 +178,22 @@ def many_photos(tmp_path, count):
 
 
 def start_embed(folder, work, *extra):
-    command = [sys.executable, "-m", "gridtsne", "embed", str(folder), "-w", str(work),
-               "--batch-size", "4", "--jobs", "1", "--threads", "1", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "gridtsne",
+        "embed",
+        str(folder),
+        "-w",
+        str(work),
+        "--batch-size",
+        "4",
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

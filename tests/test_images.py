@@ -24,14 +24,20 @@ def test_folders_are_walked_recursively_and_hidden_entries_skipped(tmp_path):
     assert found.skipped == [(tmp_path / "nope", "missing: no such file or folder")]
     with_hidden = images.find_images([tmp_path], hidden=True)
     assert relative(with_hidden.files, tmp_path) == [
-        ".hidden/three.jpg", "a/.four.jpg", "a/b/two.PNG", "a/one.jpg"]
+        ".hidden/three.jpg",
+        "a/.four.jpg",
+        "a/b/two.PNG",
+        "a/one.jpg",
+    ]
 
 
 def test_extensions_decide_what_a_walk_looks_at(tmp_path):
     for name in ("a.jpg", "b.png", "c.raw"):
         (tmp_path / name).write_bytes(b"x")
     assert relative(images.find_images([tmp_path], extensions=[".png", "raw"]).files, tmp_path) == [
-        "b.png", "c.raw"]
+        "b.png",
+        "c.raw",
+    ]
 
 
 def test_a_file_named_explicitly_is_tried_whatever_its_extension(tmp_path):
@@ -106,11 +112,14 @@ def test_cmyk_palette_and_animated_images_become_rgb(tmp_path):
     assert first.getpixel((4, 4))[0] > 200  # the first frame
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty: zero bytes"),
-    (b"plain text, not a picture", "not an image: "),
-    (b"\0\0\0\x18ftypheic\0\0\0\0", "unsupported format: HEIC/AVIF needs the pillow-heif plugin"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty: zero bytes"),
+        (b"plain text, not a picture", "not an image: "),
+        (b"\0\0\0\x18ftypheic\0\0\0\0", "unsupported format: HEIC/AVIF needs the pillow-heif plugin"),
+    ],
+)
 def test_non_images_are_refused_with_a_reason(tmp_path, content, reason):
     if b"heic" in content and images.HEIF_PLUGIN:
         pytest.skip("pillow-heif is installed here")

@@ -61,7 +61,8 @@ def render_to(work, out, **options):
 
 
 def test_every_photo_lands_in_its_own_cell_with_gaps_and_empty_cells_in_the_background(
-        tmp_path, colour_photos):
+    tmp_path, colour_photos
+):
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
     summary, picture = render_to(work, tmp_path / "m.png", tile_px=10, gap_px=2, background="white")
     assert picture.size == (34, 34) == (summary["width"], summary["height"])  # gaps between tiles only
@@ -85,8 +86,15 @@ def test_the_png_made_strip_by_strip_is_the_picture_pillow_would_write(tmp_path,
 
 def test_strips_of_any_height_make_up_the_whole_picture(tmp_path, colour_photos):
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
-    mosaic = render.Mosaic(work.load_images()["images"], np.array(CELLS), 3, 3,
-                           tile_maker=tiles.Tiles(None, 16, "crop"), gap_px=1, background=(9, 9, 9))
+    mosaic = render.Mosaic(
+        work.load_images()["images"],
+        np.array(CELLS),
+        3,
+        3,
+        tile_maker=tiles.Tiles(None, 16, "crop"),
+        gap_px=1,
+        background=(9, 9, 9),
+    )
     whole = np.asarray(mosaic.picture())
     for height in (1, 7, 16, 17, 256):
         strips = list(mosaic.strips(height))
@@ -140,7 +148,8 @@ def test_a_new_layout_at_the_same_tile_size_decodes_no_photo_again(tmp_path, col
 
 
 def test_a_photo_that_cannot_be_read_at_render_time_leaves_its_cell_empty_and_is_reported(
-        tmp_path, colour_photos):
+    tmp_path, colour_photos
+):
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
     render.run(work, tmp_path / "before.png", tile_px=10, progress=False)  # their tiles are cached now
     colour_photos[2].unlink()  # blue, moved away since embed

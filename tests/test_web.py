@@ -46,14 +46,15 @@ def test_each_level_of_the_pyramid_is_the_whole_picture_at_its_size(tmp_path):
 
 
 def test_the_page_folder_holds_the_page_its_data_and_tiles_and_links_each_cell_to_its_photo(
-        cli, tmp_path, colour_photos):
+    cli, tmp_path, colour_photos
+):
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
     result = cli("render", tmp_path / "site" / "gallery.html", "-w", work.path, "--tile", 100)
     assert result.exit_code == 0, result.stderr
     folder = tmp_path / "site" / "gallery"
     assert result.stdout.strip() == str(folder / "index.html")
     assert {p.name for p in folder.iterdir()} == {"index.html", "data.js", "tiles", web.MARKER}
-    assert "<script src=\"data.js\">" in (folder / "index.html").read_text()
+    assert '<script src="data.js">' in (folder / "index.html").read_text()
     data = page_data(folder)
     assert (data["rows"], data["cols"], data["width"], data["height"]) == (3, 3, 300, 300)
     assert data["levels"] == [[150, 150], [300, 300]]

@@ -42,9 +42,13 @@ def browser():
 
     def check(page: Path, cells: list[int], screenshot: Path | None = None) -> dict:
         job = {"page": str(page), "cells": cells, "screenshot": str(screenshot) if screenshot else None}
-        result = subprocess.run(["node", str(BROWSER_TEST / "check_page.mjs"), json.dumps(job)],
-                                capture_output=True, text=True, timeout=90,
-                                env=os.environ | {"CHROMIUM": CHROMIUM})
+        result = subprocess.run(
+            ["node", str(BROWSER_TEST / "check_page.mjs"), json.dumps(job)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=os.environ | {"CHROMIUM": CHROMIUM},
+        )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.splitlines()[-1])
 
@@ -52,19 +56,26 @@ def browser():
 
 
 def test_the_page_shows_the_mosaic_and_names_and_opens_the_photo_under_the_pointer(
-        cli, tmp_path, colour_photos, browser):
+    cli, tmp_path, colour_photos, browser
+):
     from PIL import Image
 
     blue = colour_photos[2].rename(colour_photos[2].with_name("blue sky #1 ü?.jpg"))  # links must escape
     colour_photos[2] = blue
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
-    assert cli("render", tmp_path / "page.html", "-w", work.path, "--tile", 300,
-               "--background", "white").exit_code == 0
+    assert (
+        cli(
+            "render", tmp_path / "page.html", "-w", work.path, "--tile", 300, "--background", "white"
+        ).exit_code
+        == 0
+    )
     report = browser(tmp_path / "page" / "index.html", [CELLS[2], CELLS[3]], tmp_path / "shot.png")
 
     assert report["errors"] == []
     assert [(h["hoveredCell"], h["name"], h["labelShown"]) for h in report["hovers"]] == [
-        (CELLS[2], "blue sky #1 ü?.jpg", True), (CELLS[3], "yellow.jpg", True)]
+        (CELLS[2], "blue sky #1 ü?.jpg", True),
+        (CELLS[3], "yellow.jpg", True),
+    ]
     assert urllib.parse.unquote(report["opened"]) == urllib.parse.unquote(blue.resolve().as_uri())
     assert report["tilesLoaded"] >= 2
     with Image.open(tmp_path / "shot.png") as shot:  # the mosaic is on screen: blue in the bottom right

@@ -46,9 +46,7 @@ def preprocess(path):
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image).convert("RGB")
     scale = 256 / min(image.size)
-    image = image.resize(
-        (round(image.width * scale), round(image.height * scale)), Image.BICUBIC
-    )
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
     left, top = (image.width - 224) // 2, (image.height - 224) // 2
     image = image.crop((left, top, left + 224, top + 224))
     pixels = (np.asarray(image, dtype=np.float32) - 127.0) / 128.0
