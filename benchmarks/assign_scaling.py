@@ -15,6 +15,7 @@ import time
 from datasets import mixture
 
 from gridtsne import assign, quality, reduce, refine
+from gridtsne.vectors import normalise
 
 
 def main():
@@ -27,7 +28,7 @@ def main():
     for n in sizes:
         embeddings = mixture(n)
         coords, _ = reduce.tsne_2d(embeddings)
-        vectors = reduce.normalise(embeddings)
+        vectors = normalise(embeddings)
         rows, cols = assign.grid_shape(n)
         exact_cost = None
         for solver in ("exact", "blocks"):

@@ -30,8 +30,9 @@ def mixture(n_points: int, dimension: int = 1280, seed: int = 0) -> np.ndarray:
 def sample_images() -> np.ndarray:
     """Embeddings of sample_images/ (250 photos) by the shipped model, computed once per run."""
     from gridtsne import embed
+    from gridtsne.options import EmbedOptions
     from gridtsne.workdir import Workdir
 
     with tempfile.TemporaryDirectory() as tmp:
-        embed.run(Workdir(tmp), [str(REPO / "sample_images")], model=embed.load_model(), progress=False)
+        embed.run(Workdir(tmp), EmbedOptions(paths=[str(REPO / "sample_images")]))
         return np.load(Path(tmp) / "embeddings.npy")

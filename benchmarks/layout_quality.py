@@ -30,6 +30,7 @@ import numpy as np
 from datasets import mixture, sample_images
 
 from gridtsne import assign, quality, reduce
+from gridtsne.vectors import normalise
 
 
 def gridtsne_default(embeddings, rows, cols):
@@ -40,7 +41,7 @@ def gridtsne_default(embeddings, rows, cols):
 
 def gridtsne_unrefined(embeddings, rows, cols):
     coords, _ = reduce.tsne_2d(embeddings)
-    cells, _ = assign.layout(coords, embeddings, rows, cols, refine=False)
+    cells, _ = assign.layout(coords, embeddings, rows, cols, refine_grid=False)
     return cells
 
 
@@ -60,7 +61,7 @@ def original_recipe(embeddings, rows, cols):
 def flas(embeddings, rows, cols, seed=1):
     import vc_flas
 
-    vectors = reduce.normalise(embeddings.astype(np.float64)).astype(np.float32)
+    vectors = normalise(embeddings.astype(np.float64)).astype(np.float32)
     grid = vc_flas.Grid.from_features(vectors, size=(rows, cols))
     sorting = vc_flas.flas(grid, wrap=False, seed=seed).sorting.ravel()
     cells = np.empty(len(vectors), dtype=np.int64)
@@ -104,7 +105,7 @@ def main():
     print(f"{'set':<20} {'method':<15} {'DPQ_16':>7} {'NP@10':>6} {'seconds':>8}", flush=True)
     for name, load in sets:
         embeddings = load()
-        vectors = reduce.normalise(embeddings.astype(np.float64))
+        vectors = normalise(embeddings.astype(np.float64))
         rows, cols = assign.grid_shape(len(embeddings))
         for method, lay_out in methods.items():
             started = time.perf_counter()

@@ -24,6 +24,7 @@ import numpy as np
 from datasets import mixture, sample_images
 
 from gridtsne import assign, quality, reduce, refine
+from gridtsne.vectors import normalise
 
 
 def timed(step, *args, **kwargs):
@@ -34,7 +35,7 @@ def timed(step, *args, **kwargs):
 
 
 def ablate(name, embeddings, seeds):
-    vectors = reduce.normalise(embeddings.astype(np.float64)).astype(np.float32)
+    vectors = normalise(embeddings.astype(np.float64)).astype(np.float32)
     rows, cols = assign.grid_shape(len(embeddings))
     coords, _ = reduce.tsne_2d(embeddings)
     assigned, _, _ = assign.assign_to_grid(coords, rows, cols)

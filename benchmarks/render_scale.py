@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from gridtsne import assign
-from gridtsne.workdir import COORDS, GRID, IMAGES, Workdir, save_json, save_npy
+from gridtsne.workdir import COORDS, IMAGES, Workdir, save_json, save_npy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,15 +68,7 @@ def synthesise(folder: Path, n_photos: int, seed: int = 0) -> Workdir:
 def new_layout(work: Workdir, n_photos: int, rng) -> None:
     """A random grid.npy on the default grid, with its assign.json."""
     rows, cols = assign.grid_shape(n_photos)
-    save_npy(work.file(GRID), rng.permutation(rows * cols)[:n_photos].astype(np.int32))
-    work.finish_stage(
-        "assign",
-        assign.parameters(None),
-        assign.current_inputs(work),
-        {GRID: work.file(GRID)},
-        time.perf_counter(),
-        {"rows": rows, "cols": cols},
-    )
+    assign.save_grid(work, rng.permutation(rows * cols)[:n_photos].astype(np.int32), rows, cols)
 
 
 def measure(*args) -> tuple[float, float, dict]:

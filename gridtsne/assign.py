@@ -15,30 +15,16 @@ quality measured (``gridtsne.quality``).
 from __future__ import annotations
 
 import math
-import re
 import time
 
 import numpy as np
 
-from gridtsne.workdir import COORDS, EMBEDDINGS, GRID, IMAGES, StageError, Workdir, file_hash, save_npy
-
-STAGE = "assign"
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """``"12x16"`` -> (12, 16): rows x columns."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
-    if not match or 0 in (rows := int(match[1]), cols := int(match[2])):
-        raise ValueError(f"{text!r} is not ROWSxCOLS, e.g. 10x12")
-    return rows, cols
-
-
-def parse_aspect(text: str) -> tuple[float, float]:
-    """``"16:9"`` -> (16.0, 9.0): width : height of the grid, in cells."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)\s*", text)
-    if not match or 0 in (width := float(match[1]), height := float(match[2])):
-        raise ValueError(f"{text!r} is not WIDTH:HEIGHT, e.g. 16:9")
-    return width, height
+from gridtsne import quality, refine
+from gridtsne.errors import OptionMismatch, StageError
+from gridtsne.options import AssignOptions
+from gridtsne.stage import Context, Stage
+from gridtsne.vectors import normalise
+from gridtsne.workdir import COORDS, EMBEDDINGS, GRID, IMAGES, Workdir, save_npy
 
 
 def grid_shape(n_images: int, aspect: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
@@ -201,7 +187,6 @@ def occupants(cell_of_point: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 #: The solvers by name; "auto" picks exact up to EXACT_MAX_CELLS cells.
 SOLVERS = {"exact": ExactSolver, "blocks": BlocksSolver}
-SOLVER_CHOICES = ("auto", *SOLVERS)
 #: Exact assignment above this many cells costs more than seconds (scipy: 0.7 s at 1,024, 4 s at 2,048).
 EXACT_MAX_CELLS = 2048
 
@@ -211,7 +196,7 @@ def resolve_solver(name: str, n_cells: int):
     if name == "auto":
         name = "exact" if n_cells <= EXACT_MAX_CELLS else "blocks"
     if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}: choose one of {', '.join(SOLVER_CHOICES)}")
+        raise ValueError(f"unknown solver {name!r}: choose one of auto, {', '.join(SOLVERS)}")
     return SOLVERS[name]()
 
 
@@ -262,11 +247,7 @@ def assign_to_grid(
     placed = np.arange(n_points)
     if n_points > rows * cols:
         if not subset:
-            raise StageError(
-                f"{n_points} images do not fit a {rows}x{cols} grid ({rows * cols} cells): "
-                "choose a larger --grid, leave it out, or add --subset to keep a representative "
-                f"{rows * cols} of them"
-            )
+            raise ValueError(f"{n_points} points do not fit {rows * cols} cells and subset is False")
         placed = representative_subset(coords, rows * cols)
     chosen = resolve_solver(solver, rows * cols)
     points = fit_to_grid(np.asarray(coords)[placed], rows, cols)
@@ -274,27 +255,6 @@ def assign_to_grid(
     cell_of_image[placed] = cells
     total = float(((points - cell_centres(rows, cols)[cells]) ** 2).sum())
     return cell_of_image, total, chosen.name
-
-
-def parameters(
-    grid: tuple[int, int] | None,
-    aspect: tuple[float, float] | None = None,
-    solver: str = "auto",
-    subset: bool = False,
-    refine: bool = True,
-) -> dict:
-    return {
-        "grid": f"{grid[0]}x{grid[1]}" if grid else "auto",
-        # --grid wins over --aspect, so an aspect given beside a grid changes nothing.
-        "aspect": f"{aspect[0]:g}:{aspect[1]:g}" if aspect and not grid else None,
-        "solver": solver,
-        "subset": subset,
-        "refine": refine,
-    }
-
-
-def current_inputs(workdir: Workdir) -> dict:
-    return {COORDS: file_hash(workdir.require(COORDS)), EMBEDDINGS: file_hash(workdir.require(EMBEDDINGS))}
 
 
 def layout(
@@ -305,22 +265,16 @@ def layout(
     *,
     solver: str = "auto",
     subset: bool = False,
-    refine: bool = True,
+    refine_grid: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """The whole stage on arrays: cell of each image (-1: left out) and the results to record."""
-    from gridtsne import quality
-    from gridtsne import refine as refinement
-    from gridtsne.reduce import normalise
-
     if len(coords) != len(embeddings):
-        raise StageError(
-            f"coords.npy has {len(coords)} points for {len(embeddings)} embeddings: rerun reduce"
-        )
+        raise ValueError(f"coords has {len(coords)} points for {len(embeddings)} embeddings")
     cell_of_image, total_cost, solver_used = assign_to_grid(coords, rows, cols, solver=solver, subset=subset)
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
-    if refine:
-        cell_of_image = refinement.refine_layout(vectors, cell_of_image, rows, cols)
+    if refine_grid:
+        cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols)
     after = quality.layout_quality(vectors[placed], cell_of_image[placed], cols)
     results = {
         "images": len(coords),
@@ -333,65 +287,115 @@ def layout(
         "solver_requested": solver,
         "cost": total_cost,
         "rms_displacement_cells": float(np.sqrt(total_cost / max(1, len(placed)))),
-        "refined": refine,
-        "refinement": refinement.settings() if refine else None,
+        "refined": refine_grid,
+        "refinement": refine.settings() if refine_grid else None,
         "quality": after,
     }
     return cell_of_image.astype(np.int32), results
 
 
-def grid_of(workdir: Workdir, n_images: int) -> tuple[np.ndarray, int, int]:
-    """Load ``grid.npy`` with its shape, checked against the number of images."""
-    manifest = workdir.read_manifest(STAGE)
-    cell_of_image = workdir.load_array(GRID)
-    if manifest is None:
-        raise StageError(
-            f"{workdir.manifest_path(STAGE)} is missing: run `gridtsne assign -w {workdir.path}`"
+def quality_text(numbers: dict) -> str:
+    """The layout quality numbers in words, for summaries and ``status``."""
+    return (
+        f"DPQ_{numbers['dpq_p']} {numbers['dpq']:.3f}, neighbourhood preservation "
+        f"(k={numbers['k']}) {numbers['neighbourhood_preservation']:.3f}"
+    )
+
+
+#: The most cells a grid may have per image: more is an empty picture, and costs
+#: memory and time in proportion to the cells.
+MAX_CELLS_PER_IMAGE = 64
+#: Grids up to this many cells are allowed whatever the number of images.
+MAX_CELLS_ALWAYS = 4096
+
+
+class AssignStage(Stage):
+    """``coords.npy`` (and ``embeddings.npy``, for refinement) -> ``grid.npy``."""
+
+    name = "assign"
+    options_type = AssignOptions
+    reads = (COORDS, EMBEDDINGS)
+    writes = (GRID,)
+
+    def compute(self, workdir: Workdir, options: AssignOptions, context: Context, prepared) -> dict:
+        embeddings = workdir.load_embeddings()
+        coords = workdir.load_coords(len(embeddings))
+        rows, cols = options.grid or grid_shape(len(coords), options.aspect or (1.0, 1.0))
+        cells = rows * cols
+        if len(coords) > cells and not options.subset:
+            raise OptionMismatch(
+                "grid",
+                f"{len(coords)} images do not fit a {rows}x{cols} grid ({cells} cells): choose a larger "
+                f"grid, leave it out, or add {{subset}} to keep a representative {cells} of them",
+            )
+        if cells > max(MAX_CELLS_ALWAYS, MAX_CELLS_PER_IMAGE * len(coords)):
+            raise OptionMismatch(
+                "grid",
+                f"a {rows}x{cols} grid has {cells:,} cells for {len(coords)} images, more than "
+                f"{MAX_CELLS_PER_IMAGE} a photo: choose a smaller grid, or leave it out",
+            )
+        if options.solver == "auto" and resolve_solver("auto", cells).name != "exact":
+            context.on_message(
+                f"assign: {cells} cells is above the {EXACT_MAX_CELLS} that exact assignment handles "
+                "in seconds; using the scalable 'blocks' solver (--solver exact forces it)"
+            )
+        cell_of_image, results = layout(
+            coords, embeddings, rows, cols, solver=options.solver, subset=options.subset,
+            refine_grid=options.refine,
+        )  # fmt: skip
+        if results["left_out"] and workdir.file(IMAGES).is_file():
+            listing = workdir.load_images()["images"]
+            if len(listing) == len(coords):
+                results["left_out_paths"] = [listing[i]["path"] for i in results["left_out"]]
+        save_npy(workdir.file(GRID), cell_of_image)
+        return results
+
+    def describe(self, summary: dict) -> str:
+        left_out = f", {len(summary['left_out'])} left out" if summary.get("left_out") else ""
+        return (
+            f"assign: {summary['placed']} images on a {summary['rows']}x{summary['cols']} grid{left_out}, "
+            f"{summary['empty_cells']} empty cells, solver {summary['solver']}, "
+            + quality_text(summary["quality"])
         )
-    rows, cols = manifest["results"]["rows"], manifest["results"]["cols"]
-    if (
-        len(cell_of_image) != n_images
-        or cell_of_image.max(initial=-1) >= rows * cols
-        or cell_of_image.min(initial=0) < -1
-    ):
-        raise StageError(
-            f"{workdir.file(GRID)} holds {len(cell_of_image)} cells for {n_images} images: "
-            f"it is out of date, run `gridtsne reduce -w {workdir.path}` "
-            f"and `gridtsne assign -w {workdir.path}`"
-        )
-    return cell_of_image, rows, cols
+
+
+STAGE = AssignStage()
 
 
 def run(
     workdir: Workdir,
+    options: AssignOptions | dict | None = None,
+    context: Context | None = None,
     *,
-    grid: tuple[int, int] | None = None,
-    aspect: tuple[float, float] | None = None,
-    solver: str = "auto",
-    subset: bool = False,
-    refine: bool = True,
     skip_if_fresh: bool = False,
-    on_message=lambda text: None,
 ) -> dict:
+    """Snap ``coords.npy`` onto a grid; returns a summary."""
+    return STAGE.run(workdir, options, context, skip_if_fresh=skip_if_fresh)
+
+
+def save_grid(workdir: Workdir, cell_of_image: np.ndarray, rows: int, cols: int) -> dict:
+    """Record a grid made elsewhere (a notebook, another tool) as assign's output, so that
+    render and export take it; ``coords.npy`` and ``embeddings.npy`` must be there."""
     started = time.perf_counter()
-    params = parameters(grid, aspect, solver, subset, refine)
-    inputs = current_inputs(workdir)
-    if skip_if_fresh and (summary := workdir.fresh_summary(STAGE, params, inputs)):
-        return summary
-    coords = workdir.load_array(COORDS)
-    embeddings = workdir.load_array(EMBEDDINGS)
-    rows, cols = grid or grid_shape(len(coords), aspect or (1.0, 1.0))
-    if solver == "auto" and resolve_solver("auto", rows * cols).name != "exact":
-        on_message(
-            f"assign: {rows * cols} cells is above the {EXACT_MAX_CELLS} that exact assignment "
-            "handles in seconds; using the scalable 'blocks' solver (--solver exact forces it)"
+    options = AssignOptions(grid=(rows, cols))
+    inputs = STAGE.inputs(workdir, options)
+    cells = np.asarray(cell_of_image, dtype=np.int32)
+    save_npy(workdir.file(GRID), cells)
+    workdir.load_grid(len(cells), rows * cols)  # the same checks as render's
+    results = {"rows": rows, "cols": cols, "placed": int((cells >= 0).sum()), "imported": True}
+    return workdir.finish_stage(STAGE.name, options.freshness(), inputs, {GRID: workdir.file(GRID)}, started,
+                                results, options=options.to_dict())  # fmt: skip
+
+
+def grid_of(workdir: Workdir, n_images: int) -> tuple[np.ndarray, int, int]:
+    """Load ``grid.npy`` with its shape, checked against the number of images and the grid."""
+    manifest = workdir.read_manifest(STAGE.name)
+    if manifest is None:
+        raise StageError(f"{workdir.manifest_path(STAGE.name)} is missing or damaged: "
+                         f"run `gridtsne assign -w {workdir.path}`")  # fmt: skip
+    rows, cols = manifest["results"].get("rows"), manifest["results"].get("cols")
+    if not all(isinstance(n, int) and n > 0 for n in (rows, cols)):
+        raise StageError(
+            f"{workdir.manifest_path(STAGE.name)} is damaged: run `gridtsne assign -w {workdir.path}`"
         )
-    cell_of_image, results = layout(
-        coords, embeddings, rows, cols, solver=solver, subset=subset, refine=refine
-    )
-    if results["left_out"] and workdir.file(IMAGES).is_file():
-        listing = workdir.load_images()["images"]
-        if len(listing) == len(coords):
-            results["left_out_paths"] = [listing[i]["path"] for i in results["left_out"]]
-    save_npy(workdir.file(GRID), cell_of_image)
-    return workdir.finish_stage(STAGE, params, inputs, {GRID: workdir.file(GRID)}, started, results)
+    return workdir.load_grid(n_images, rows * cols), rows, cols

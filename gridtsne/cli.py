@@ -1,7 +1,9 @@
-"""The command line: parse options, call a stage's ``run``, report.
+"""The command line: parse flags into a stage's options, call the stage, report.
 
 stdout carries data (output paths, JSON with ``--json``); stderr carries
 progress bars and messages. Exit codes: 0 success, 1 failure, 2 usage error.
+Every flag of a stage option is made by ``stage_option`` from the options
+dataclass (``gridtsne.options``), which holds its default and checks its value.
 """
 
 from __future__ import annotations
@@ -15,10 +17,46 @@ import sys
 import click
 
 from gridtsne import __version__, assign, embed, export, pipeline, reduce, render
-from gridtsne.images import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS
-from gridtsne.workdir import ENV_VAR, Interrupted, StageError, Workdir, default_workdir
+from gridtsne.errors import GridtsneError, Interrupted, OptionError, OptionMismatch
+from gridtsne.options import (
+    AssignOptions,
+    EmbedOptions,
+    PipelineOptions,
+    ReduceOptions,
+    RenderOptions,
+    StageOptions,
+)
+from gridtsne.stage import Context
+from gridtsne.workdir import ENV_VAR, Workdir, default_workdir
 
 MAX_SKIPS_LISTED = 10
+
+
+def flag_of(name: str) -> str:
+    """An option's command-line flag: the dataclass field ``pca_dims`` is ``--pca-dims``."""
+    return "--" + name.replace("_", "-")
+
+
+def stage_option(options_type: type[StageOptions], name: str, *decls: str, help: str, **extra):
+    """The click option of one stage option: its default (shown in --help) comes from the dataclass.
+
+    Values reach the dataclass as typed on the command line; it checks them,
+    so that the command line, JSON and Python refuse the same values alike.
+    """
+    default = options_type.default(name)
+    decls = decls or (flag_of(name),)
+    if isinstance(default, bool):
+        return click.option(*decls, name, default=default, show_default=True, help=help, **extra)
+    shown = ",".join(default) if isinstance(default, tuple) else default
+    return click.option(
+        *decls, name, default=None, show_default=str(shown) if shown not in (None, "") else False,
+        help=help, **extra,
+    )  # fmt: skip
+
+
+def build(options_type: type[StageOptions], **values) -> StageOptions:
+    """The options from the flags given (None: not given, so the default), checked."""
+    return options_type(**{name: value for name, value in values.items() if value is not None})
 
 
 def _with(*options):
@@ -34,13 +72,10 @@ def _with(*options):
 
 def workdir_option(command):
     return click.option(
-        "-w",
-        "--workdir",
-        type=click.Path(file_okay=False),
-        default=None,
+        "-w", "--workdir", type=click.Path(file_okay=False), default=None,
         help="Work directory for the artifacts. Default: $GRIDTSNE_WORKDIR, else ./gridtsne-work "
         "(for `all`: OUT's name with .gridtsne, beside it).",
-    )(command)
+    )(command)  # fmt: skip
 
 
 output_options = _with(
@@ -48,334 +83,115 @@ output_options = _with(
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
 )
 
-
-def _extensions(ctx, param, value):
-    if value is None:
-        return DEFAULT_EXTENSIONS
-    return tuple(f".{ext.strip().lstrip('.').lower()}" for ext in value.split(",") if ext.strip())
-
+jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(1), default=None, help="Threads decoding images. Default: up to 4."
+)
 
 embed_options = _with(
-    click.option(
-        "--ext",
-        "extensions",
-        callback=_extensions,
-        default=None,
-        metavar="LIST",
-        help="Extensions a folder walk looks at, comma-separated (e.g. jpg,png). "
-        "Default: " + ",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS) + ".",
-    ),
-    click.option("--hidden", is_flag=True, help="Also look inside hidden files and folders."),
+    stage_option(EmbedOptions, "ext", metavar="LIST",
+                 help="Extensions a folder walk looks at, comma-separated (e.g. jpg,png)."),
+    stage_option(EmbedOptions, "hidden", is_flag=True, help="Also look inside hidden files and folders."),
     click.option("-0", "--null", is_flag=True, help="Paths read from stdin (PATH '-') are NUL-separated."),
-    click.option(
-        "--model",
-        default=None,
-        metavar="PATH.onnx",
-        help="An ONNX image model to use instead of the shipped EfficientNet-Lite0.",
-    ),
-    click.option(
-        "--preprocess",
-        type=click.Path(dir_okay=False),
-        default=None,
-        metavar="PATH.json",
-        help="Preprocessing of --model (resize_short_side, crop_size, mean, std). "
-        "Default: the .json file beside the model.",
-    ),
-    click.option(
-        "--provider",
-        default="cpu",
-        show_default=True,
-        help="onnxruntime execution provider: cpu, cuda (needs onnxruntime-gpu), ...",
-    ),
-    click.option(
-        "--threads",
-        type=click.IntRange(0),
-        default=embed.DEFAULT_THREADS,
-        show_default=True,
-        help="onnxruntime threads (0: onnxruntime decides).",
-    ),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(1),
-        default=embed.DEFAULT_BATCH_SIZE,
-        show_default=True,
-        help="Images per model call.",
-    ),
-    click.option(
-        "--max-pixels",
-        type=click.IntRange(1),
-        default=DEFAULT_MAX_PIXELS,
-        show_default=True,
-        help="Refuse, unread, images whose header claims more pixels (decompression bombs).",
-    ),
-    click.option(
-        "--cache",
-        "cache_dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Embedding cache folder, to share between work directories. "
-        "Default: $GRIDTSNE_CACHE, else WORK/cache.",
-    ),
-)
-
-
-def _read_paths(paths: tuple[str, ...], null: bool) -> list[str]:
-    """PATHS, with '-' replaced by the paths on stdin (one a line, or NUL-separated with -0)."""
-    if "-" not in paths:
-        return list(paths)
-    data = sys.stdin.buffer.read()
-    listed = [os.fsdecode(p) for p in (data.split(b"\0") if null else data.splitlines()) if p.strip()]
-    return [path for given in paths for path in (listed if given == "-" else [given])]
-
-
-def _start_embed(paths, settings: dict) -> tuple[list[str], embed.Model, dict]:
-    """Split embed's options into the model to load and the keyword arguments of embed.run."""
-    settings = dict(settings)
-    model = embed.load_model(
-        settings.pop("model"), settings.pop("preprocess"), settings.pop("threads"), settings.pop("provider")
-    )
-    return _read_paths(paths, settings.pop("null")), model, settings
-
+    stage_option(EmbedOptions, "model", metavar="PATH.onnx",
+                 help="An ONNX image model to use instead of the shipped EfficientNet-Lite0."),
+    stage_option(EmbedOptions, "preprocess", metavar="PATH.json",
+                 help="Preprocessing of --model (resize_short_side, crop_size, mean, std). "
+                 "Default: the .json file beside the model."),
+    stage_option(EmbedOptions, "provider",
+                 help="onnxruntime execution provider: cpu, cuda (needs onnxruntime-gpu), ..."),
+    stage_option(EmbedOptions, "threads", help="onnxruntime threads (0: onnxruntime decides)."),
+    stage_option(EmbedOptions, "batch_size", help="Images per model call."),
+    stage_option(EmbedOptions, "max_pixels",
+                 help="Refuse, unread, images whose header claims more pixels (decompression bombs)."),
+    stage_option(EmbedOptions, "cache", metavar="DIR",
+                 help="Embedding cache folder, to share between work directories. "
+                 "Default: $GRIDTSNE_CACHE, else WORK/cache."),
+)  # fmt: skip
 
 reduce_options = _with(
-    click.option(
-        "--seed",
-        type=int,
-        default=0,
-        show_default=True,
-        help="Random seed: the same seed and inputs give the same grid.",
-    ),
-    click.option(
-        "--perplexity",
-        type=click.FloatRange(min=0, min_open=True),
-        default=None,
-        help="t-SNE perplexity. Default: 30, or (N-1)/3 for fewer than 91 images.",
-    ),
-    click.option(
-        "--pca-dims",
-        type=click.IntRange(2),
-        default=reduce.PCA_DIMS,
-        show_default=True,
-        help="Principal components kept before t-SNE.",
-    ),
-)
-
-
-def _grid(ctx, param, value):
-    if value is None or value == "auto":
-        return None
-    try:
-        return assign.parse_grid(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
-def _aspect(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return assign.parse_aspect(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
+    stage_option(ReduceOptions, "seed", help="Random seed: the same seed and inputs give the same grid."),
+    stage_option(ReduceOptions, "perplexity",
+                 help="t-SNE perplexity. Default: 30, or (N-1)/3 for fewer than 91 images."),
+    stage_option(ReduceOptions, "pca_dims", help="Principal components kept before t-SNE."),
+)  # fmt: skip
 
 assign_options = _with(
-    click.option(
-        "--grid",
-        callback=_grid,
-        default=None,
-        metavar="ROWSxCOLS",
-        help="Grid shape, e.g. 12x16. Default: the smallest near-square grid.",
-    ),
-    click.option(
-        "--aspect",
-        callback=_aspect,
-        default=None,
-        metavar="W:H",
-        help="Grid shape, e.g. 16:9: the smallest grid of about that width:height in cells "
-        "that holds every image. Ignored with --grid.",
-    ),
-    click.option(
-        "--solver",
-        type=click.Choice(assign.SOLVER_CHOICES),
-        default="auto",
-        show_default=True,
-        help=f"exact: optimal, cubic time; blocks: scalable, near-optimal; auto: exact up to "
-        f"{assign.EXACT_MAX_CELLS} cells.",
-    ),
-    click.option(
-        "--subset",
-        is_flag=True,
-        help="With more images than cells, keep a representative subset instead of failing; "
-        "the left-out images are listed in assign.json.",
-    ),
-    click.option(
-        "--refine/--no-refine",
-        default=True,
-        show_default=True,
-        help="Sort the grid locally against the embeddings after the assignment.",
-    ),
-)
+    stage_option(AssignOptions, "grid", metavar="ROWSxCOLS",
+                 help="Grid shape, e.g. 12x16. Default: the smallest near-square grid."),
+    stage_option(AssignOptions, "aspect", metavar="W:H",
+                 help="Grid shape, e.g. 16:9: the smallest grid of about that width:height in cells "
+                 "that holds every image. Ignored with --grid."),
+    stage_option(AssignOptions, "solver", type=click.Choice(("auto", *assign.SOLVERS)),
+                 help=f"exact: optimal, cubic time; blocks: scalable, near-optimal; auto: exact up to "
+                 f"{assign.EXACT_MAX_CELLS} cells."),
+    stage_option(AssignOptions, "subset", is_flag=True,
+                 help="With more images than cells, keep a representative subset instead of failing; "
+                 "the left-out images are listed in assign.json."),
+    stage_option(AssignOptions, "refine", "--refine/--no-refine",
+                 help="Sort the grid locally against the embeddings after the assignment."),
+)  # fmt: skip
 
+render_options = _with(
+    stage_option(RenderOptions, "tile", help="Tile size in pixels (the web page's full zoom)."),
+    stage_option(RenderOptions, "fit", type=click.Choice(render.tiles.FITS),
+                 help="crop: fill the tile, cutting the edges; pad: whole photo on the background; "
+                 "stretch: whole photo squeezed to a square."),
+    stage_option(RenderOptions, "gap", help="Pixels of background between tiles."),
+    stage_option(RenderOptions, "background",
+                 help="Colour of empty cells, gaps and margins: a name or #RRGGBB."),
+    stage_option(RenderOptions, "quality", help="JPEG/WebP quality (also of the web page's tiles)."),
+    stage_option(RenderOptions, "format", type=click.Choice(("auto", *render.WRITERS)),
+                 help="Output format; auto: from OUTPUT's extension. Needed when OUTPUT is - (stdout)."),
+)  # fmt: skip
 
-# OUTPUT is checked with --format (in _check_output): with it, any name will do.
+# OUTPUT is checked with --format by RenderOptions and render.format_of: with it, any name will do.
 output_argument = click.argument("output", type=click.Path(dir_okay=False, allow_dash=True))
 
 
-def _colour(ctx, param, value):
-    try:
-        render.parse_colour(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-    return value
-
-
-render_options = _with(
-    click.option(
-        "--tile",
-        "tile_px",
-        type=click.IntRange(4),
-        default=render.DEFAULT_TILE_PX,
-        show_default=True,
-        help="Tile size in pixels (the web page's full zoom).",
-    ),
-    click.option(
-        "--fit",
-        type=click.Choice(render.FITS),
-        default="crop",
-        show_default=True,
-        help="crop: fill the tile, cutting the edges; pad: whole photo on the background; "
-        "stretch: whole photo squeezed to a square.",
-    ),
-    click.option(
-        "--gap",
-        "gap_px",
-        type=click.IntRange(0),
-        default=0,
-        show_default=True,
-        help="Pixels of background between tiles.",
-    ),
-    click.option(
-        "--background",
-        default="black",
-        show_default=True,
-        callback=_colour,
-        help="Colour of empty cells, gaps and margins: a name or #RRGGBB.",
-    ),
-    click.option(
-        "--quality",
-        type=click.IntRange(1, 100),
-        default=90,
-        show_default=True,
-        help="JPEG/WebP quality (also of the web page's tiles).",
-    ),
-    click.option(
-        "--format",
-        "image_format",
-        type=click.Choice(render.FORMATS),
-        default="auto",
-        show_default=True,
-        help="Output format; auto: from OUTPUT's extension. Needed when OUTPUT is - (stdout).",
-    ),
-)
-
-
-def _check_output(output: str, image_format: str, as_json: bool) -> None:
-    """Usage errors of OUTPUT with --format and --json: exit 2 before any work."""
-    try:
-        render.format_of(output, image_format)
-    except StageError as error:
-        raise click.UsageError(str(error)) from None
-    if output == render.STDOUT and as_json:
-        raise click.UsageError("--json cannot share stdout with the picture: leave it out with -")
-
-
-def jobs_option(command):
-    return click.option(
-        "-j",
-        "--jobs",
-        type=click.IntRange(1),
-        default=None,
-        help="Threads decoding images. Default: up to 4.",
-    )(command)
-
-
 def reports_errors(command):
-    """User-fixable errors become one message and exit 1; Ctrl-C exits 130."""
+    """Errors a user can fix become one line on stderr: a bad option exits 2, anything else 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except StageError as error:
-            raise click.ClickException(str(error)) from None
+        except OptionMismatch as error:
+            raise click.ClickException(f"{flag_of(error.option)}: {error.worded(flag_of)}") from None
+        except OptionError as error:
+            raise click.BadParameter(error.worded(flag_of), param_hint=f"'{flag_of(error.option)}'") from None
         except Interrupted as interrupted:
             click.echo(f"gridtsne: {interrupted}", err=True)
             sys.exit(130)
+        except GridtsneError as error:
+            raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
             click.echo("gridtsne: interrupted; finished stages are kept, rerun to continue", err=True)
             sys.exit(130)
+        except OSError as error:  # a full disk, a read-only folder, a file in the way
+            where = f"{error.filename}: " if error.filename else ""
+            raise click.ClickException(f"{where}{error.strerror or error}") from None
+        except MemoryError:
+            raise click.ClickException(
+                "out of memory: try a smaller --tile, --batch-size or --jobs"
+            ) from None
 
     return wrapper
 
 
 def _report(summary: dict, quiet: bool) -> None:
-    """One line per stage on stderr; skipped files listed (the first few)."""
+    """One line per stage on stderr; photos render could not read listed (the first few)."""
     if quiet:
         return
-    stage = summary["stage"]
+    stage = pipeline.BY_NAME[summary["stage"]]
     if not summary["ran"]:
-        click.echo(f"{stage}: fresh, skipped", err=True)
+        click.echo(f"{stage.name}: fresh, skipped", err=True)
         return
-    seconds = f"[{summary['seconds']:.1f} s]"
-    if stage == "embed":
-        shard = f" (shard {summary['shard']}, into the cache)" if "shard" in summary else ""
-        reused = f" ({summary['reused']} from cache)" if summary["reused"] else ""
-        skipped = (
-            f", {summary['skipped']} skipped: {embed.describe_skips(summary['skipped_by_reason'])}"
-            if summary["skipped"]
-            else ""
-        )
-        click.echo(
-            f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped} {seconds}", err=True
-        )
-    elif stage == "reduce":
-        kl = summary["kl_divergence"]
-        kl = f", KL divergence {kl:.3f}" if kl is not None else ""
-        click.echo(
-            f"reduce: {summary['points']} points, perplexity {summary['perplexity']:.3g}{kl} {seconds}",
-            err=True,
-        )
-    elif stage == "assign":
-        left_out = f", {len(summary['left_out'])} left out" if summary.get("left_out") else ""
-        click.echo(
-            f"assign: {summary['placed']} images on a {summary['rows']}x{summary['cols']} grid"
-            f"{left_out}, {summary['empty_cells']} empty cells, solver {summary['solver']}, "
-            f"{_quality_text(summary['quality'])} {seconds}",
-            err=True,
-        )
-    elif stage == "render":
-        missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
-        cached = f", {summary['from_cache']} from the tile cache" if summary.get("from_cache") else ""
-        click.echo(
-            f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
-            f"{summary['tiles']} tiles{cached}{missing}) {seconds}",
-            err=True,
-        )
-        for entry in summary["unreadable"][:MAX_SKIPS_LISTED]:
-            click.echo(f"  unreadable now: {entry['path']}: {entry['reason']}", err=True)
-        if len(summary["unreadable"]) > MAX_SKIPS_LISTED:
-            click.echo(
-                f"  ... and {len(summary['unreadable']) - MAX_SKIPS_LISTED} more, listed in render.json",
-                err=True,
-            )
-
-
-def _quality_text(quality: dict) -> str:
-    return (
-        f"DPQ_{quality['dpq_p']} {quality['dpq']:.3f}, neighbourhood preservation "
-        f"(k={quality['k']}) {quality['neighbourhood_preservation']:.3f}"
-    )
+    click.echo(f"{stage.describe(summary)} [{summary['seconds']:.1f} s]", err=True)
+    unreadable = summary.get("unreadable") or []
+    for entry in unreadable[:MAX_SKIPS_LISTED]:
+        click.echo(f"  unreadable now: {entry['path']}: {entry['reason']}", err=True)
+    if len(unreadable) > MAX_SKIPS_LISTED:
+        click.echo(f"  ... and {len(unreadable) - MAX_SKIPS_LISTED} more, listed in render.json", err=True)
 
 
 def _list_skipped(workdir: Workdir, quiet: bool) -> None:
@@ -391,9 +207,10 @@ def _list_skipped(workdir: Workdir, quiet: bool) -> None:
         )
 
 
-def _message(quiet: bool):
-    """A callback that prints a stage's message on stderr, unless quiet."""
-    return (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
+def _context(quiet: bool, jobs: int | None = None) -> Context:
+    """Progress and messages on stderr unless quiet; the picture of a render to - on stdout."""
+    on_message = (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
+    return Context(progress=not quiet, jobs=jobs, on_message=on_message, stdout=sys.stdout.buffer)
 
 
 def _emit(data, as_json: bool, plain: str | None = None) -> None:
@@ -401,6 +218,22 @@ def _emit(data, as_json: bool, plain: str | None = None) -> None:
         click.echo(json.dumps(data, indent=2))
     elif plain is not None:
         click.echo(plain)
+
+
+def _read_paths(paths: tuple[str, ...], null: bool) -> list[str]:
+    """PATHS, with '-' replaced by the paths on stdin (one a line, or NUL-separated with -0)."""
+    if "-" not in paths:
+        return list(paths)
+    data = sys.stdin.buffer.read()
+    listed = [os.fsdecode(p) for p in (data.split(b"\0") if null else data.splitlines()) if p.strip()]
+    return [path for given in paths for path in (listed if given == "-" else [given])]
+
+
+def _check_output(options: RenderOptions, as_json: bool) -> None:
+    """Usage errors of OUTPUT with --format and --json: exit 2 before any work."""
+    render.format_of(options.output, options.format)
+    if options.output == render.STDOUT and as_json:
+        raise click.UsageError("--json cannot share stdout with the picture: leave it out with -")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -418,28 +251,16 @@ def main():
     """
 
 
-def _shard(ctx, param, value):
-    try:
-        return None if value is None else embed.parse_shard(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 @main.command("embed")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @workdir_option
 @embed_options
-@click.option(
-    "--shard",
-    callback=_shard,
-    default=None,
-    metavar="K/N",
-    help="Embed only the K-th of N slices of the inputs, into the cache.",
-)
+@stage_option(EmbedOptions, "shard", metavar="K/N",
+              help="Embed only the K-th of N slices of the inputs, into the cache.")  # fmt: skip
 @jobs_option
 @output_options
 @reports_errors
-def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
+def embed_command(paths, workdir, null, jobs, quiet, as_json, **values):
     """Compute a feature vector for every image under PATHS (files, folders, or - for stdin).
 
     Writes images.json, embeddings.npy and embed.json. Files that are not
@@ -455,13 +276,13 @@ def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
         find /photos -name '*.jpg' -print0 | gridtsne embed -0 - -w work
         gridtsne embed ./photos -w work --shard 2/4     # then: gridtsne embed ./photos -w work
     """
+    options = build(EmbedOptions, paths=_read_paths(paths, null), **values)
     wd = Workdir(workdir or default_workdir())
-    paths, model, settings = _start_embed(paths, settings)
     # Shards only add files to the cache, so several may run at once beside each other.
-    with wd.lock() if shard is None else contextlib.nullcontext():
-        summary = embed.run(wd, paths, model=model, jobs=jobs, shard=shard, progress=not quiet, **settings)
+    with wd.lock() if options.shard is None else contextlib.nullcontext():
+        summary = embed.run(wd, options, _context(quiet, jobs))
         _report(summary, quiet)
-        if shard is None:
+        if options.shard is None:
             _list_skipped(wd, quiet)
     _emit(summary, as_json)
 
@@ -469,26 +290,16 @@ def embed_command(paths, workdir, shard, jobs, quiet, as_json, **settings):
 @main.command("reduce")
 @workdir_option
 @reduce_options
-@click.option(
-    "--embeddings",
-    "vectors",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    metavar="VECTORS.npy",
-    help="Use these N x D vectors (CLIP, ...) instead of embed's: they are copied into the "
-    "work directory as embeddings.npy.",
-)
-@click.option(
-    "--paths",
-    "paths_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    metavar="PATHS.txt",
-    help="With --embeddings: the image of each row, one path a line, for render.",
-)
+@click.option("--embeddings", "vectors", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="VECTORS.npy",
+              help="Use these N x D vectors (CLIP, ...) instead of embed's: they are copied into the "
+              "work directory as embeddings.npy.")  # fmt: skip
+@click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PATHS.txt",
+              help="With --embeddings: the image of each row, one path a line, for render.")  # fmt: skip
 @output_options
 @reports_errors
-def reduce_command(workdir, seed, perplexity, pca_dims, vectors, paths_file, quiet, as_json):
+def reduce_command(workdir, vectors, paths_file, quiet, as_json, **values):
     """Map the embeddings to 2-D with t-SNE (coords.npy, reduce.json).
 
     \b
@@ -498,11 +309,12 @@ def reduce_command(workdir, seed, perplexity, pca_dims, vectors, paths_file, qui
     """
     if paths_file and not vectors:
         raise click.UsageError("--paths goes with --embeddings")
+    options = build(ReduceOptions, **values)
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
         if vectors:
             reduce.import_embeddings(wd, vectors, paths_file)
-        summary = reduce.run(wd, seed=seed, perplexity=perplexity, pca_dims=pca_dims)
+        summary = reduce.run(wd, options, _context(quiet))
     _report(summary, quiet)
     _emit(summary, as_json)
 
@@ -512,7 +324,7 @@ def reduce_command(workdir, seed, perplexity, pca_dims, vectors, paths_file, qui
 @assign_options
 @output_options
 @reports_errors
-def assign_command(workdir, grid, aspect, solver, subset, refine, quiet, as_json):
+def assign_command(workdir, quiet, as_json, **values):
     """Snap the 2-D map onto grid cells and measure the layout (grid.npy, assign.json).
 
     \b
@@ -521,17 +333,10 @@ def assign_command(workdir, grid, aspect, solver, subset, refine, quiet, as_json
         gridtsne assign -w work --aspect 16:9
         gridtsne assign -w work --grid 20x20 --subset     # keep 400 representative images
     """
+    options = build(AssignOptions, **values)
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = assign.run(
-            wd,
-            grid=grid,
-            aspect=aspect,
-            solver=solver,
-            subset=subset,
-            refine=refine,
-            on_message=_message(quiet),
-        )
+        summary = assign.run(wd, options, _context(quiet))
     _report(summary, quiet)
     _emit(summary, as_json)
 
@@ -543,9 +348,7 @@ def assign_command(workdir, grid, aspect, solver, subset, refine, quiet, as_json
 @jobs_option
 @output_options
 @reports_errors
-def render_command(
-    output, workdir, tile_px, fit, gap_px, background, quality, image_format, jobs, quiet, as_json
-):
+def render_command(output, workdir, jobs, quiet, as_json, **values):
     """Draw the mosaic to OUTPUT and print its path.
 
     OUTPUT's extension picks the format: .jpg/.jpeg, .png, .webp, .tif/.tiff,
@@ -560,22 +363,11 @@ def render_command(
         gridtsne render gallery.html -w work              # open gallery/index.html
         gridtsne render - --format png -w work | other-tool
     """
-    _check_output(output, image_format, as_json)
+    options = build(RenderOptions, output=output, **values)
+    _check_output(options, as_json)
     wd = Workdir(workdir or default_workdir())
     with wd.lock():
-        summary = render.run(
-            wd,
-            output,
-            tile_px=tile_px,
-            background=background,
-            fit=fit,
-            gap_px=gap_px,
-            quality=quality,
-            image_format=image_format,
-            jobs=jobs,
-            progress=not quiet,
-            stdout=sys.stdout.buffer,
-        )
+        summary = render.run(wd, options, _context(quiet, jobs))
     _report(summary, quiet)
     if output != render.STDOUT:
         _emit(summary, as_json, plain=summary["output"])
@@ -583,21 +375,10 @@ def render_command(
 
 @main.command("export")
 @workdir_option
-@click.option(
-    "--format",
-    "table_format",
-    type=click.Choice(export.FORMATS),
-    default="auto",
-    show_default=True,
-    help="auto: from -o's extension, else csv.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default="-",
-    help="Write to this file instead of stdout.",
-)
+@click.option("--format", "table_format", type=click.Choice(export.FORMATS), default="auto",
+              show_default=True, help="auto: from -o's extension, else csv.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Write to this file instead of stdout.")  # fmt: skip
 @reports_errors
 def export_command(workdir, table_format, output):
     """Print each photo's grid position and t-SNE coordinates, one row per photo.
@@ -633,30 +414,7 @@ def export_command(workdir, table_format, output):
 @click.option("--force", is_flag=True, help="Rerun every stage, fresh or not.")
 @output_options
 @reports_errors
-def all_command(
-    photos,
-    output,
-    workdir,
-    seed,
-    perplexity,
-    pca_dims,
-    grid,
-    aspect,
-    solver,
-    subset,
-    refine,
-    tile_px,
-    fit,
-    gap_px,
-    background,
-    quality,
-    image_format,
-    jobs,
-    force,
-    quiet,
-    as_json,
-    **embed_settings,
-):
+def all_command(photos, output, workdir, null, jobs, force, quiet, as_json, **values):
     """Run every stage from PHOTOS to the mosaic OUTPUT, skipping fresh ones.
 
     A stage is fresh when its inputs and options are unchanged since it last
@@ -669,7 +427,9 @@ def all_command(
         gridtsne all ./photos mosaic.jpg --seed 3     # reruns reduce, assign, render
         gridtsne all ./photos gallery.html            # a zoomable web page
     """
-    _check_output(output, image_format, as_json)
+    given = {name: value for name, value in values.items() if value is not None}
+    options = PipelineOptions.from_flat({**given, "output": output, "paths": _read_paths(photos, null)})
+    _check_output(options.render, as_json)
     if output == render.STDOUT and not (workdir or os.environ.get(ENV_VAR)):
         raise click.UsageError("with - as OUTPUT, name the work directory: -w DIR")
     wd = Workdir(workdir or default_workdir(output))
@@ -680,33 +440,8 @@ def all_command(
             _list_skipped(wd, quiet)
 
     with wd.lock():
-        photos, model, embed_settings = _start_embed(photos, embed_settings)
         summaries = pipeline.run_all(
-            wd,
-            photos,
-            output,
-            model=model,
-            embed_settings=embed_settings,
-            seed=seed,
-            perplexity=perplexity,
-            pca_dims=pca_dims,
-            grid=grid,
-            aspect=aspect,
-            solver=solver,
-            subset=subset,
-            refine=refine,
-            on_message=_message(quiet),
-            tile_px=tile_px,
-            background=background,
-            fit=fit,
-            gap_px=gap_px,
-            quality=quality,
-            image_format=image_format,
-            jobs=jobs,
-            progress=not quiet,
-            force=force,
-            on_stage_done=stage_done,
-            stdout=sys.stdout.buffer,
+            wd, options, _context(quiet, jobs), force=force, on_stage_done=stage_done
         )
     if output != render.STDOUT:
         _emit(summaries, as_json, plain=summaries[-1]["output"])
@@ -735,5 +470,7 @@ def status_command(workdir, as_json):
         state = "fresh" if entry["fresh"] else ("stale" if entry["done"] else "not run")
         why = f" ({entry['reason']})" if entry["done"] and not entry["fresh"] else ""
         click.echo(f"  {entry['stage']:<7} {state}{why}")
-        if entry["stage"] == "assign" and entry["done"] and entry["results"].get("quality"):
-            click.echo(f"          {_quality_text(entry['results']['quality'])}")
+        quality = entry.get("results", {}).get("quality") if entry["stage"] == "assign" else None
+        if entry["done"] and isinstance(quality, dict):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                click.echo(f"          {assign.quality_text(quality)}")

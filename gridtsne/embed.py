@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -30,23 +31,10 @@ from tqdm import tqdm
 from gridtsne import images as imagelib
 from gridtsne.cache import ENV_VAR as CACHE_ENV_VAR
 from gridtsne.cache import EmbeddingCache, Record
-from gridtsne.workdir import (
-    EMBEDDINGS,
-    IMAGES,
-    Interrupted,
-    StageError,
-    Workdir,
-    file_hash,
-    jsonable,
-    save_json,
-    save_npy,
-)
-
-STAGE = "embed"
-DEFAULT_MODEL = "efficientnet-lite0"
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_JOBS = min(4, os.cpu_count() or 1)
-DEFAULT_THREADS = 0
+from gridtsne.errors import Interrupted, StageError
+from gridtsne.options import DEFAULT_MODEL, EmbedOptions
+from gridtsne.stage import Context, Plan, Stage
+from gridtsne.workdir import EMBEDDINGS, IMAGES, Workdir, file_hash, jsonable, save_json, save_npy
 
 
 @dataclass(frozen=True)
@@ -167,6 +155,20 @@ def _provider_name(provider: str, available: list[str]) -> str:
     return full
 
 
+def model_for(options: EmbedOptions) -> Model:
+    """The model ``options`` name, loaded once per process (and again if its file changes)."""
+    try:
+        stamp = os.stat(options.model)[6:9] if options.model not in (None, DEFAULT_MODEL) else None
+    except OSError:
+        stamp = None  # load_model says what is wrong
+    return _loaded(options.model, options.preprocess, options.threads, options.provider, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(path, preprocessing, threads, provider, stamp) -> Model:
+    return load_model(path, preprocessing, threads, provider)
+
+
 def load_model(
     path: str | None = None, preprocessing: str | None = None, threads: int = 0, provider: str = "cpu"
 ) -> Model:
@@ -261,81 +263,105 @@ def in_shard(path: Path, shard: tuple[int, int]) -> bool:
     return int(hashlib.sha1(str(path).encode()).hexdigest(), 16) % count == index - 1
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/8"`` -> (2, 8)."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not K/N, e.g. 2/8") from None
-    if not 1 <= index <= count:
-        raise ValueError(f"shard {text}: K must be between 1 and N")
-    return index, count
-
-
 def default_cache_dir(workdir: Workdir) -> Path:
     """``$GRIDTSNE_CACHE`` to share one cache between work directories, else ``WORK/cache``."""
     return Path(os.environ.get(CACHE_ENV_VAR) or workdir.file("cache"))
 
 
-def parameters(
-    paths: Iterable[str],
-    model: Model,
-    extensions: Sequence[str],
-    max_pixels: int,
-    exclude: Iterable[str],
-    hidden: bool,
-) -> dict:
-    return {
-        "paths": [os.path.abspath(p) for p in paths],
-        "exclude": [os.path.abspath(p) for p in exclude],
-        "extensions": sorted(ext.lower() for ext in extensions),
-        "hidden": hidden,
-        "max_pixels": max_pixels,
-        "model": model.describe(),
-    }
+def _find(options: EmbedOptions) -> imagelib.Found:
+    return imagelib.find_images(options.paths, options.ext, options.exclude, options.hidden)
 
 
-def _find(params: dict) -> imagelib.Found:
-    return imagelib.find_images(params["paths"], params["extensions"], params["exclude"], params["hidden"])
+class EmbedStage(Stage):
+    """Every image under the paths -> ``images.json`` and ``embeddings.npy``."""
+
+    name = "embed"
+    options_type = EmbedOptions
+    writes = (IMAGES, EMBEDDINGS)
+
+    def plan(self, workdir: Workdir, options: EmbedOptions) -> Plan:
+        model = model_for(options)
+        found = _find(options)
+        parameters = {
+            **options.freshness(),
+            "paths": [os.path.abspath(p) for p in options.paths],
+            "exclude": [os.path.abspath(p) for p in options.exclude],
+            "ext": sorted(options.ext),
+            "model": model.describe(),
+        }
+        return Plan(parameters, {"files": imagelib.fingerprint(found.files)}, (model, found))
+
+    def inputs(self, workdir: Workdir, options: EmbedOptions) -> dict:
+        """Which files exist now, with their sizes and times."""
+        return {"files": imagelib.fingerprint(_find(options).files)}
+
+    def run(self, workdir, options=None, context=None, *, skip_if_fresh=False) -> dict:
+        options = self.coerce(options)
+        if options.shard is not None:
+            return fill_cache(workdir, options, context or Context())
+        return super().run(workdir, options, context, skip_if_fresh=skip_if_fresh)
+
+    def compute(self, workdir: Workdir, options: EmbedOptions, context: Context, prepared) -> dict:
+        model, found = prepared
+        embedded, vectors, skipped, results = _embed_found(workdir, options, context, model, found)
+        if not embedded:
+            raise StageError(
+                f"no image could be embedded from {', '.join(map(str, options.paths))}"
+                + (
+                    f" ({len(skipped)} skipped: {describe_skips(results['skipped_by_reason'])})"
+                    if skipped
+                    else ""
+                )
+            )
+        save_npy(workdir.file(EMBEDDINGS), np.stack(vectors).astype(np.float32))
+        save_json(workdir.file(IMAGES), {"images": embedded, "skipped": skipped})
+        return {**results, "dimension": len(vectors[0])}
+
+    def describe(self, summary: dict) -> str:
+        shard = f" (shard {summary['shard']}, into the cache)" if "shard" in summary else ""
+        reused = f" ({summary['reused']} from cache)" if summary["reused"] else ""
+        skipped = (
+            f", {summary['skipped']} skipped: {describe_skips(summary['skipped_by_reason'])}"
+            if summary["skipped"]
+            else ""
+        )
+        return f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped}"
 
 
-def current_inputs(params: dict) -> dict:
-    """The input fingerprint: which files exist now, with their sizes and times."""
-    return {"files": imagelib.fingerprint(_find(params).files)}
+STAGE = EmbedStage()
 
 
 def run(
     workdir: Workdir,
-    paths: Sequence[str],
+    options: EmbedOptions | dict | None = None,
+    context: Context | None = None,
     *,
-    model: Model,
-    extensions: Sequence[str] = imagelib.DEFAULT_EXTENSIONS,
-    hidden: bool = False,
-    max_pixels: int = imagelib.DEFAULT_MAX_PIXELS,
-    exclude: Sequence[str] = (),
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    jobs: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    shard: tuple[int, int] | None = None,
-    progress: bool = True,
     skip_if_fresh: bool = False,
 ) -> dict:
-    """Embed every image under ``paths`` into ``workdir``; returns a summary.
+    """Embed every image under ``options.paths`` into ``workdir``; returns a summary.
 
-    With ``shard=(K, N)`` only the K-th of N slices is embedded, into the
+    With ``options.shard=(K, N)`` only the K-th of N slices is embedded, into the
     cache alone; a later run without a shard assembles every slice from it.
     """
+    return STAGE.run(workdir, options, context, skip_if_fresh=skip_if_fresh)
+
+
+def fill_cache(workdir: Workdir, options: EmbedOptions, context: Context) -> dict:
+    """Embed the shard ``options.shard`` of the inputs into the cache alone: no artifact, no manifest."""
     started = time.perf_counter()
-    params = parameters(paths, model, extensions, max_pixels, exclude, hidden)
-    found = _find(params)
-    inputs = {"files": imagelib.fingerprint(found.files)}
-    if shard is None and skip_if_fresh and (summary := workdir.fresh_summary(STAGE, params, inputs)):
-        return summary
+    embedded, _, _, results = _embed_found(workdir, options, context, model_for(options), _find(options))
+    shard = f"{options.shard[0]}/{options.shard[1]}"
+    return {"stage": "embed", "ran": True, "shard": shard, **results,
+            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
-    cache = EmbeddingCache(cache_dir or default_cache_dir(workdir), model.cache_key)
-    files = [path for path in found.files if shard is None or in_shard(path, shard)]
-    outcome = _embed_files(files, cache, model, batch_size, jobs or DEFAULT_JOBS, max_pixels, progress)
 
+def _embed_found(workdir: Workdir, options: EmbedOptions, context: Context, model: Model, found) -> tuple:
+    """Embed the files found (those of ``options.shard`` only, if set) through the cache:
+    the images.json entries, their vectors, the skipped files, and the counts."""
+    cache = EmbeddingCache(options.cache or default_cache_dir(workdir), model.cache_key)
+    files = [path for path in found.files if options.shard is None or in_shard(path, options.shard)]
+    outcome = _embed_files(files, cache, model, options.batch_size, context.jobs, options.max_pixels,
+                           context.progress)  # fmt: skip
     embedded, vectors = [], []
     skipped = [{"path": str(path), "reason": reason} for path, reason in found.skipped]
     for item in outcome:
@@ -343,15 +369,8 @@ def run(
             skipped.append({"path": str(item.path), "reason": item.reason})
             continue
         record = cache.by_sha[item.sha256]
-        embedded.append(
-            {
-                "path": str(item.path),
-                "bytes": item.bytes,
-                "sha256": item.sha256,
-                "width": record.width,
-                "height": record.height,
-            }
-        )
+        embedded.append({"path": str(item.path), "bytes": item.bytes, "sha256": item.sha256,
+                         "width": record.width, "height": record.height})  # fmt: skip
         vectors.append(record.vector)
     computed = sum(item.array is not None for item in outcome)
     results = {
@@ -361,29 +380,9 @@ def run(
         "skipped": len(skipped),
         "skipped_by_reason": dict(collections.Counter(imagelib.reason_kind(s["reason"]) for s in skipped)),
     }
-    if shard is not None:
-        return {
-            "stage": STAGE,
-            "ran": True,
-            "shard": f"{shard[0]}/{shard[1]}",
-            **results,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-    if not embedded:
-        raise StageError(
-            f"no image could be embedded from {', '.join(map(str, paths))}"
-            + (
-                f" ({len(skipped)} skipped: {describe_skips(results['skipped_by_reason'])})"
-                if skipped
-                else ""
-            )
-        )
-    cache.compact()
-    save_npy(workdir.file(EMBEDDINGS), np.stack(vectors).astype(np.float32))
-    save_json(workdir.file(IMAGES), {"images": embedded, "skipped": skipped})
-    results["dimension"] = len(vectors[0])
-    outputs = {IMAGES: workdir.file(IMAGES), EMBEDDINGS: workdir.file(EMBEDDINGS)}
-    return workdir.finish_stage(STAGE, params, inputs, outputs, started, results)
+    if options.shard is None and embedded:
+        cache.compact()
+    return embedded, vectors, skipped, results
 
 
 def _embed_files(

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gridtsne import assign
-from gridtsne.workdir import COORDS, StageError, Workdir, atomic_write
+from gridtsne.errors import StageError
+from gridtsne.workdir import COORDS, Workdir, atomic_write
 
 COLUMNS = ("index", "path", "row", "col", "cell", "x", "y")
 
@@ -35,13 +36,12 @@ def positions(workdir: Workdir) -> list[dict]:
     """The table's rows, after checking that the grid was made from the current map."""
     listing = workdir.load_images()["images"]
     cell_of_image, rows, cols = assign.grid_of(workdir, len(listing))
-    manifest = workdir.read_manifest(assign.STAGE)
-    if workdir.staleness(assign.STAGE, manifest["params"], assign.current_inputs(workdir)):
+    if assign.STAGE.staleness(workdir):
         raise StageError(
             f"{workdir.file('grid.npy')} was made from another {COORDS}: "
             f"run `gridtsne assign -w {workdir.path}` first"
         )
-    coords = workdir.load_array(COORDS)
+    coords = workdir.load_coords(len(listing))
     table = []
     for index, (entry, cell, point) in enumerate(
         zip(listing, cell_of_image.tolist(), coords.tolist(), strict=True)

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from gridtsne.options import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS
+from gridtsne.workdir import sha256_file
+
 try:  # HEIC/HEIF (and AVIF on older Pillow) where the optional plugin is installed.
     from pillow_heif import register_heif_opener
 
@@ -24,30 +27,6 @@ try:  # HEIC/HEIF (and AVIF on older Pillow) where the optional plugin is instal
     HEIF_PLUGIN = True
 except ImportError:
     HEIF_PLUGIN = False
-
-#: What a folder walk looks at. A file named on the command line is tried
-#: whatever its name: Pillow, not the extension, decides what is an image.
-DEFAULT_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".jpe",
-    ".png",
-    ".webp",
-    ".gif",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".heic",
-    ".heif",
-    ".avif",
-    ".jp2",
-    ".ppm",
-    ".pgm",
-    ".pnm",
-)
-
-#: Pillow's own decompression-bomb threshold: refuse headers that claim more.
-DEFAULT_MAX_PIXELS = 178_956_970
 
 #: EXIF orientation values 5-8 swap width and height.
 ORIENTATION_TAG = 0x0112
@@ -155,8 +134,7 @@ def fingerprint(files: Iterable[Path]) -> str:
 def content_hash(path: Path) -> str:
     """SHA-256 of a file, read in blocks so that memory stays small."""
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
+        return sha256_file(path)
     except OSError as error:
         raise UnreadableImage("unreadable", error.strerror or str(error)) from None
 

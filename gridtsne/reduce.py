@@ -16,29 +16,21 @@ the grid is assign's job. ``import_embeddings`` brings vectors made elsewhere
 
 from __future__ import annotations
 
-import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from gridtsne.workdir import (
-    COORDS,
-    EMBEDDINGS,
-    IMAGES,
-    StageError,
-    Workdir,
-    file_hash,
-    save_json,
-    save_npy,
-)
-
-STAGE = "reduce"
+from gridtsne.errors import OptionMismatch, StageError
+from gridtsne.options import ReduceOptions
+from gridtsne.stage import Context, Stage
+from gridtsne.vectors import normalise, pca
+from gridtsne.workdir import COORDS, EMBEDDINGS, IMAGES, Workdir, save_json, save_npy
 
 #: Fewer points than this get a PCA layout: t-SNE has no neighbourhoods to keep.
 MIN_TSNE_POINTS = 5
 #: Dimensions kept by PCA before t-SNE (openTSNE's and scikit-learn's advice: ~50).
-PCA_DIMS = 50
+PCA_DIMS = ReduceOptions.default("pca_dims")
 #: t-SNE threads (on a quiet 2-core machine, 1.9 s against 2.8 s for one
 #: thread at 1,024, the same DPQ_16). openTSNE's map depends on the thread
 #: count (its gradient sums are split between threads), so the count is fixed,
@@ -58,11 +50,6 @@ def default_perplexity(n_points: int) -> float:
     return float(max(1.0, min(30.0, (n_points - 1) / 3.0)))
 
 
-def normalise(embeddings: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return embeddings / np.where(norms > 0, norms, 1.0)
-
-
 def to_unit_square(points: np.ndarray) -> np.ndarray:
     """Scale and centre into [0, 1]^2 with one factor for both axes (shape kept)."""
     points = np.asarray(points, dtype=np.float64)
@@ -73,32 +60,6 @@ def to_unit_square(points: np.ndarray) -> np.ndarray:
     scaled = (points - low) / extent
     scaled += (1.0 - scaled.max(axis=0)) / 2.0
     return scaled.astype(np.float32)
-
-
-def pca(x: np.ndarray, dims: int) -> np.ndarray:
-    """The first ``dims`` principal components of x (N x D), signs fixed for determinism.
-
-    Through the D x D covariance when N > D, so memory stays N x D at any N;
-    through the N x N Gram matrix when N <= D, where that is the smaller
-    problem. Only the ``dims`` largest eigenpairs are computed.
-    """
-    from scipy.linalg import eigh
-
-    centred = x - x.mean(axis=0)
-    gram = len(x) <= x.shape[1]
-    matrix = centred @ centred.T if gram else centred.T @ centred
-    keep = min(dims, len(matrix))
-    variances, vectors = eigh(matrix, subset_by_index=[len(matrix) - keep, len(matrix) - 1])
-    variances, vectors = variances[::-1], vectors[:, ::-1]
-    if gram:
-        projected = vectors * np.sqrt(np.maximum(variances, 0.0))
-    else:
-        projected = centred @ vectors
-    largest = projected[np.abs(projected).argmax(axis=0), np.arange(projected.shape[1])]
-    projected = projected * np.where(largest < 0, -1.0, 1.0)
-    if projected.shape[1] < dims:
-        projected = np.hstack([projected, np.zeros((len(x), dims - projected.shape[1]))])
-    return projected
 
 
 def tsne_settings(n_points: int, perplexity: float | None = None, pca_dims: int = PCA_DIMS) -> dict:
@@ -137,9 +98,8 @@ def tsne_2d(
     settings = tsne_settings(n_points, perplexity, pca_dims)
     perplexity = settings.pop("perplexity")
     if not 0 < perplexity < n_points / 3:
-        raise StageError(
-            f"--perplexity {perplexity:g} is out of range for {n_points} images: "
-            f"give a value below {n_points / 3:.1f}, or leave it out"
+        raise ValueError(
+            f"perplexity {perplexity:g} is out of range for {n_points} points: below {n_points / 3:.1f}"
         )
     if x.shape[1] > settings.pop("pca_dims"):
         x = pca(x, pca_dims)
@@ -154,10 +114,6 @@ def _opentsne_version() -> str | None:
         return metadata.version("openTSNE")
     except metadata.PackageNotFoundError:
         return None
-
-
-def parameters(seed: int, perplexity: float | None, pca_dims: int = PCA_DIMS) -> dict:
-    return {"seed": seed, "perplexity": perplexity, "pca_dims": pca_dims}
 
 
 def import_embeddings(
@@ -212,34 +168,52 @@ def import_embeddings(
     return len(vectors)
 
 
-def current_inputs(workdir: Workdir) -> dict:
-    return {EMBEDDINGS: file_hash(workdir.require(EMBEDDINGS))}
+class ReduceStage(Stage):
+    """``embeddings.npy`` -> ``coords.npy``: the t-SNE map."""
+
+    name = "reduce"
+    options_type = ReduceOptions
+    reads = (EMBEDDINGS,)
+    writes = (COORDS,)
+
+    def compute(self, workdir: Workdir, options: ReduceOptions, context: Context, prepared) -> dict:
+        embeddings = workdir.load_embeddings()
+        settings = tsne_settings(len(embeddings), options.perplexity, options.pca_dims)
+        if len(embeddings) >= MIN_TSNE_POINTS and not 0 < settings["perplexity"] < len(embeddings) / 3:
+            raise OptionMismatch(
+                "perplexity",
+                f"{settings['perplexity']:g} is out of range for {len(embeddings)} images: "
+                f"give a value below {len(embeddings) / 3:.1f}, or leave it out",
+            )
+        coords, kl_divergence = tsne_2d(
+            embeddings, perplexity=options.perplexity, seed=options.seed, pca_dims=options.pca_dims
+        )
+        save_npy(workdir.file(COORDS), coords)
+        return {
+            "points": len(coords),
+            "dimension": int(embeddings.shape[1]),
+            "perplexity": settings.pop("perplexity"),
+            "kl_divergence": kl_divergence,
+            "method": "tsne" if kl_divergence is not None else "pca",
+            "tsne": settings,
+            "opentsne_version": _opentsne_version(),
+        }
+
+    def describe(self, summary: dict) -> str:
+        kl = summary["kl_divergence"]
+        kl = f", KL divergence {kl:.3f}" if kl is not None else ""
+        return f"reduce: {summary['points']} points, perplexity {summary['perplexity']:.3g}{kl}"
+
+
+STAGE = ReduceStage()
 
 
 def run(
     workdir: Workdir,
+    options: ReduceOptions | dict | None = None,
+    context: Context | None = None,
     *,
-    seed: int = 0,
-    perplexity: float | None = None,
-    pca_dims: int = PCA_DIMS,
     skip_if_fresh: bool = False,
 ) -> dict:
-    started = time.perf_counter()
-    params = parameters(seed, perplexity, pca_dims)
-    inputs = current_inputs(workdir)
-    if skip_if_fresh and (summary := workdir.fresh_summary(STAGE, params, inputs)):
-        return summary
-    embeddings = workdir.load_array(EMBEDDINGS)
-    coords, kl_divergence = tsne_2d(embeddings, perplexity=perplexity, seed=seed, pca_dims=pca_dims)
-    save_npy(workdir.file(COORDS), coords)
-    settings = tsne_settings(len(coords), perplexity, pca_dims)
-    results = {
-        "points": len(coords),
-        "dimension": int(embeddings.shape[1]),
-        "perplexity": settings.pop("perplexity"),
-        "kl_divergence": kl_divergence,
-        "method": "tsne" if kl_divergence is not None else "pca",
-        "tsne": settings,
-        "opentsne_version": _opentsne_version(),
-    }
-    return workdir.finish_stage(STAGE, params, inputs, {COORDS: workdir.file(COORDS)}, started, results)
+    """Map ``embeddings.npy`` to 2-D; returns a summary."""
+    return STAGE.run(workdir, options, context, skip_if_fresh=skip_if_fresh)

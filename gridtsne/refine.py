@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gridtsne.vectors import pca
+
 #: Principal components the sorting works in (the smoothing and matching cost
 #: O(N x dims) a pass); the swaps work in ``SWAP_DIMS``, which keep more of the
 #: fine structure that decides which of two similar images is nearer
@@ -113,8 +115,6 @@ def box_mean(grid: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
 
 def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
     """``vectors`` on their first ``dims`` principal components (as they are if narrower)."""
-    from gridtsne.reduce import pca
-
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape[1] <= dims:
         return vectors

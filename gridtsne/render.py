@@ -18,33 +18,22 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageColor
+from PIL import Image
 from tqdm import tqdm
 
 from gridtsne import assign, tiles
-from gridtsne.workdir import GRID, IMAGES, StageError, Workdir, atomic_write, file_hash
+from gridtsne.errors import OptionError, OptionMismatch, StageError
+from gridtsne.options import RenderOptions, parse_colour
+from gridtsne.stage import Context, Plan, Stage
+from gridtsne.workdir import GRID, IMAGES, Workdir, atomic_write
 
-STAGE = "render"
-DEFAULT_TILE_PX = 128
-FITS = tuple(tiles.FITS)
 STDOUT = "-"
-
-
-def parse_colour(text: str) -> tuple[int, int, int]:
-    """A Pillow colour name or hex code (``white``, ``#202020``) -> RGB."""
-    try:
-        return ImageColor.getrgb(text)[:3]
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a colour: use a name like 'black' or a code like '#202020'"
-        ) from None
 
 
 def grid_size_px(rows: int, cols: int, tile_px: int, gap_px: int = 0) -> tuple[int, int]:
@@ -180,11 +169,12 @@ def _to(destination: Path | BinaryIO, write: Callable[[BinaryIO], None], name: s
     return {}
 
 
-def _too_large(name: str, width: int, height: int, limit: str) -> StageError:
-    return StageError(
+def _too_large(name: str, width: int, height: int, limit: str) -> OptionMismatch:
+    return OptionMismatch(
+        "tile",
         f"a {width} x {height} px mosaic is too large for one {name} file ({limit}): use a smaller "
-        "--tile, a .png (written strip by strip, up to 2,147,483,647 px a side), or a .html page "
-        "(a zoomable tile pyramid, for any size)"
+        "{tile}, a .png (written strip by strip, up to 2,147,483,647 px a side), or a .html page "
+        "(a zoomable tile pyramid, for any size)",
     )
 
 
@@ -314,24 +304,24 @@ EXTENSIONS = {
     ".html": "html",
     ".htm": "html",
 }
-FORMATS = ("auto", *WRITERS)
 
 
 def format_of(output: str | os.PathLike, image_format: str = "auto") -> str:
     """The format name for OUT: ``image_format`` unless "auto", else from the extension."""
     if image_format != "auto":
         if image_format not in WRITERS:
-            raise StageError(f"unknown format {image_format!r}: use one of {', '.join(WRITERS)}")
+            raise OptionError("format", f"unknown format {image_format!r}: use one of {', '.join(WRITERS)}")
         if str(output) == STDOUT and image_format == "html":
-            raise StageError("a web page is a folder and cannot go to stdout: name a .html file")
+            raise OptionError("format", "a web page is a folder and cannot go to stdout: name a .html file")
         return image_format
     if str(output) == STDOUT:
-        raise StageError("writing to stdout (-) needs --format: png, jpeg, webp or tiff")
+        raise OptionError("format", "writing to stdout (-) needs {format}: png, jpeg, webp or tiff")
     suffix = Path(output).suffix.lower()
     if suffix not in EXTENSIONS:
-        raise StageError(
+        raise OptionError(
+            "output",
             f"cannot tell the format of {output}: end its name in one of {', '.join(EXTENSIONS)} "
-            "or give --format"
+            "or give {format}",
         )
     return EXTENSIONS[suffix]
 
@@ -353,80 +343,78 @@ def paths_written(output: str | os.PathLike, image_format: str = "auto") -> list
     return [Path(output)]
 
 
-def parameters(
-    output: str | Path, image_format: str, tile_px: int, background: str, fit: str, gap_px: int, quality: int
-) -> dict:
-    return {
-        "output": output if output == STDOUT else str(Path(output).absolute()),
-        "format": image_format,
-        "tile_px": tile_px,
-        "background": list(parse_colour(background)),
-        "fit": fit,
-        "gap_px": gap_px,
-        "quality": quality,
-    }
+class RenderStage(Stage):
+    """``images.json`` and ``grid.npy`` -> the mosaic (a picture or a web page)."""
+
+    name = "render"
+    options_type = RenderOptions
+    reads = (IMAGES, GRID)
+
+    def plan(self, workdir: Workdir, options: RenderOptions) -> Plan:
+        name = format_of(options.output, options.format)
+        output = STDOUT if options.output == STDOUT else str(Path(options.output).absolute())
+        return Plan({**options.freshness(), "output": output, "format": name}, self.inputs(workdir, options))
+
+    def inputs(self, workdir: Workdir, options: RenderOptions) -> dict:
+        manifest = workdir.read_manifest("assign") or {"results": {}}
+        return {**super().inputs(workdir, options),
+                "grid_shape": [manifest["results"].get(k) for k in ("rows", "cols")]}  # fmt: skip
+
+    def may_skip(self, options: RenderOptions) -> bool:
+        return options.output != STDOUT  # bytes sent to a pipe are gone: a render to stdout always runs
+
+    def outputs(self, workdir: Workdir, options: RenderOptions, results: dict) -> dict[str, Path]:
+        if options.output == STDOUT:
+            return {}
+        if format_of(options.output, options.format) == "html":
+            from gridtsne import web
+
+            folder = web.page_folder(Path(options.output).absolute())
+            return {"page": folder / "index.html", "data": folder / "data.js"}
+        return {"output": Path(options.output).absolute()}
+
+    def compute(self, workdir: Workdir, options: RenderOptions, context: Context, prepared) -> dict:
+        to_stdout = options.output == STDOUT
+        name = format_of(options.output, options.format)
+        writer = resolve_writer(options.output, options.format, options.quality)
+        output = STDOUT if to_stdout else Path(options.output).absolute()
+        listing = workdir.load_images()["images"]
+        cell_of_image, rows, cols = assign.grid_of(workdir, len(listing))
+        tile_maker = tiles.Tiles(workdir.path, options.tile, options.fit)
+        mosaic = Mosaic(listing, cell_of_image, rows, cols, tile_maker=tile_maker, gap_px=options.gap,
+                        background=parse_colour(options.background), jobs=context.jobs,
+                        progress=context.progress)  # fmt: skip
+        writer.check(mosaic.width, mosaic.height)
+        written = writer.save(mosaic, context.stdout if to_stdout else output)
+        return {
+            "output": str(written.get("page", output)),
+            "format": name,
+            "width": mosaic.width,
+            "height": mosaic.height,
+            "tiles": mosaic.placed - len(mosaic.unreadable),
+            "decoded": tile_maker.decoded,
+            "from_cache": tile_maker.cached,
+            "unreadable": mosaic.unreadable,
+        }
+
+    def describe(self, summary: dict) -> str:
+        missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
+        cached = f", {summary['from_cache']} from the tile cache" if summary.get("from_cache") else ""
+        return (
+            f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
+            f"{summary['tiles']} tiles{cached}{missing})"
+        )
 
 
-def current_inputs(workdir: Workdir) -> dict:
-    manifest = workdir.read_manifest("assign") or {}
-    return {
-        IMAGES: file_hash(workdir.require(IMAGES)),
-        GRID: file_hash(workdir.require(GRID)),
-        "grid_shape": [manifest.get("results", {}).get(k) for k in ("rows", "cols")],
-    }
+STAGE = RenderStage()
 
 
 def run(
     workdir: Workdir,
-    output: str | os.PathLike,
+    options: RenderOptions | dict | None = None,
+    context: Context | None = None,
     *,
-    tile_px: int = DEFAULT_TILE_PX,
-    background: str = "black",
-    fit: str = "crop",
-    gap_px: int = 0,
-    quality: int = 90,
-    image_format: str = "auto",
-    jobs: int | None = None,
-    progress: bool = True,
     skip_if_fresh: bool = False,
-    stdout: BinaryIO | None = None,
 ) -> dict:
-    """Render to OUT (a path, or "-" for ``stdout``), unless it is fresh and ``skip_if_fresh``."""
-    started = time.perf_counter()
-    to_stdout = str(output) == STDOUT
-    name = format_of(output, image_format)
-    writer = WRITERS[name](quality)
-    output = STDOUT if to_stdout else Path(output).absolute()
-    params = parameters(output, name, tile_px, background, fit, gap_px, quality)
-    inputs = current_inputs(workdir)
-    # Bytes sent to a pipe are gone: a render to stdout always runs.
-    if skip_if_fresh and not to_stdout and (summary := workdir.fresh_summary(STAGE, params, inputs)):
-        return summary
-
-    listing = workdir.load_images()["images"]
-    cell_of_image, rows, cols = assign.grid_of(workdir, len(listing))
-    tile_maker = tiles.Tiles(workdir.path, tile_px, fit)
-    mosaic = Mosaic(
-        listing,
-        cell_of_image,
-        rows,
-        cols,
-        tile_maker=tile_maker,
-        gap_px=gap_px,
-        background=tuple(params["background"]),
-        jobs=jobs or min(4, os.cpu_count() or 1),
-        progress=progress,
-    )
-    writer.check(mosaic.width, mosaic.height)
-    outputs = writer.save(mosaic, stdout if to_stdout else output)
-    results = {
-        "output": str(outputs.get("page", output)),
-        "format": name,
-        "width": mosaic.width,
-        "height": mosaic.height,
-        "tiles": mosaic.placed - len(mosaic.unreadable),
-        "decoded": tile_maker.decoded,
-        "from_cache": tile_maker.cached,
-        "unreadable": mosaic.unreadable,
-    }
-    return workdir.finish_stage(STAGE, params, inputs, outputs, started, results)
+    """Render to ``options.output`` (a path, or "-" for ``context.stdout``); returns a summary."""
+    return STAGE.run(workdir, options, context, skip_if_fresh=skip_if_fresh)

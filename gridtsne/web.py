@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from gridtsne.workdir import StageError
+from gridtsne.errors import StageError
 
 PYRAMID_TILE_PX = 256
 TEMPLATE = Path(__file__).with_name("web_page.html")

@@ -23,25 +23,21 @@ from typing import Any
 import numpy as np
 
 from gridtsne import __version__
+from gridtsne.errors import StageError
 
 IMAGES = "images.json"
 EMBEDDINGS = "embeddings.npy"
 COORDS = "coords.npy"
 GRID = "grid.npy"
 
+#: What every manifest holds, as JSON objects; one without them is damaged.
+MANIFEST_KEYS = ("options", "params", "inputs", "outputs", "output_paths", "results")
+
 #: The stage that writes each artifact, for "run this first" messages.
 WRITTEN_BY = {IMAGES: "embed", EMBEDDINGS: "embed", COORDS: "reduce", GRID: "assign"}
 
 DEFAULT_DIRNAME = "gridtsne-work"
 ENV_VAR = "GRIDTSNE_WORKDIR"
-
-
-class StageError(Exception):
-    """A problem the user can fix, such as a missing upstream artifact."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C, with a message saying how far the work got and what was kept."""
 
 
 def default_workdir(output: str | os.PathLike | None = None) -> Path:
@@ -89,19 +85,22 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks so that memory stays small."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 _hash_memo: dict[tuple[str, int, int], str] = {}
 
 
 def file_hash(path: Path) -> str:
-    """SHA-256 of a file's bytes, memoised on (path, size, mtime) within a process."""
+    """``sha256_file`` memoised on (path, size, mtime) within a process, for artifacts
+    that freshness checks hash again and again (photos are not memoised: there are too many)."""
     stat = os.stat(path)
     key = (str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
     if key not in _hash_memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _hash_memo[key] = digest.hexdigest()
+        _hash_memo[key] = sha256_file(path)
     return _hash_memo[key]
 
 
@@ -136,21 +135,79 @@ class Workdir:
     def load_array(self, name: str) -> np.ndarray:
         path = self.require(name)
         try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise StageError(
-                f"{path} is unreadable ({error}): rerun `gridtsne {WRITTEN_BY[name]} -w {self.path}`"
-            ) from None
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise self._damaged(name, f"unreadable: {error}") from None
+        if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
+            array.close()
+            raise self._damaged(name, "not a .npy array")
+        return array
 
     def load_images(self) -> dict:
-        return load_json(self.require(IMAGES))
+        """``images.json``, checked: an ``images`` list of entries with a ``path`` each."""
+        path = self.require(IMAGES)
+        try:
+            listing = load_json(path)
+        except (OSError, ValueError) as error:
+            raise self._damaged(IMAGES, f"not JSON: {error}") from None
+        entries = listing.get("images") if isinstance(listing, dict) else None
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in entries
+        ):
+            raise self._damaged(IMAGES, "it has no list of images with a path each")
+        listing.setdefault("skipped", [])
+        return listing
+
+    def load_embeddings(self) -> np.ndarray:
+        """``embeddings.npy``, checked: N x D finite real numbers, N >= 1."""
+        vectors = self.load_array(EMBEDDINGS)
+        if vectors.ndim != 2 or len(vectors) == 0 or vectors.shape[1] == 0:
+            raise self._damaged(EMBEDDINGS, f"it holds an array of shape {vectors.shape}, not N x D")
+        if not (np.issubdtype(vectors.dtype, np.floating) or np.issubdtype(vectors.dtype, np.integer)):
+            raise self._damaged(EMBEDDINGS, f"it holds {vectors.dtype} values, not numbers")
+        if not np.isfinite(vectors).all():
+            raise self._damaged(EMBEDDINGS, "it holds NaN or infinite values")
+        return vectors
+
+    def load_coords(self, n_points: int) -> np.ndarray:
+        """``coords.npy``, checked: ``n_points`` x 2 finite numbers."""
+        coords = self.load_array(COORDS)
+        if coords.shape != (n_points, 2) or not np.issubdtype(coords.dtype, np.floating):
+            raise self._damaged(COORDS, f"it holds a {coords.dtype} array of shape {coords.shape} "
+                                        f"for {n_points} images")  # fmt: skip
+        if not np.isfinite(coords).all():
+            raise self._damaged(COORDS, "it holds NaN or infinite values")
+        return coords
+
+    def load_grid(self, n_images: int, n_cells: int) -> np.ndarray:
+        """``grid.npy``, checked: one whole-number cell per image, each cell used once, -1 for none."""
+        cells = self.load_array(GRID)
+        if cells.shape != (n_images,) or not np.issubdtype(cells.dtype, np.integer):
+            raise self._damaged(GRID, f"it holds a {cells.dtype} array of shape {cells.shape} "
+                                      f"for {n_images} images")  # fmt: skip
+        placed = cells[cells != -1]
+        if placed.size and (placed.min() < 0 or placed.max() >= n_cells):
+            raise self._damaged(GRID, f"it names cells outside the grid of {n_cells} cells")
+        if len(np.unique(placed)) != len(placed):
+            raise self._damaged(GRID, "it puts two images in one cell")
+        return cells
+
+    def _damaged(self, name: str, why: str) -> StageError:
+        return StageError(
+            f"{self.file(name)} is damaged ({why}): rerun `gridtsne {WRITTEN_BY[name]} -w {self.path}`"
+        )
 
     def read_manifest(self, stage: str) -> dict | None:
-        path = self.manifest_path(stage)
+        """The stage's manifest, or None when there is none or it is damaged (the stage then reruns)."""
         try:
-            return load_json(path)
-        except (FileNotFoundError, json.JSONDecodeError):
+            manifest = load_json(self.manifest_path(stage))
+        except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
             return None
+        if not isinstance(manifest, dict) or not all(
+            isinstance(manifest.get(key), dict) for key in MANIFEST_KEYS
+        ):
+            return None
+        return manifest
 
     def finish_stage(
         self,
@@ -160,21 +217,32 @@ class Workdir:
         outputs: dict[str, Path],
         started: float,
         results: dict,
+        options: dict | None = None,
     ) -> dict:
-        """Write the manifest of a stage whose outputs are all in place; its summary."""
+        """Write the manifest of a stage whose outputs are all in place; its summary.
+
+        Outputs inside the work directory are recorded by their name in it, so
+        a work directory still checks as fresh when it is moved, copied or
+        named by another relative path.
+        """
         manifest = {
             "stage": stage,
             "gridtsne_version": __version__,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - started, 3),
+            "options": options if options is not None else {},
             "params": params,
             "inputs": inputs,
             "outputs": {name: file_hash(path) for name, path in outputs.items()},
-            "output_paths": {name: str(path) for name, path in outputs.items()},
+            "output_paths": {name: self._recorded(path) for name, path in outputs.items()},
             "results": results,
         }
         save_json(self.manifest_path(stage), manifest)
         return {"stage": stage, "ran": True, **results, "seconds": manifest["seconds"]}
+
+    def _recorded(self, path: Path) -> str:
+        absolute, root = Path(path).absolute(), self.path.absolute()
+        return str(absolute.relative_to(root)) if absolute.is_relative_to(root) else str(absolute)
 
     def fresh_summary(self, stage: str, params: dict, inputs: dict) -> dict | None:
         """The recorded summary of ``stage`` if it is fresh, else None."""
@@ -190,15 +258,15 @@ class Workdir:
         """
         manifest = self.read_manifest(stage)
         if manifest is None:
-            return "never run"
+            return "never run" if not self.manifest_path(stage).exists() else "its manifest is damaged"
         for kind, label, wanted in (("params", "options", params), ("inputs", "inputs", inputs)):
-            recorded = manifest.get(kind, {})
+            recorded = manifest[kind]
             wanted = jsonable(wanted)
             changed = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
             if changed:
                 return f"{label} changed: " + ", ".join(changed)
-        for name, recorded in manifest.get("outputs", {}).items():
-            path = Path(manifest["output_paths"][name])
+        for name, recorded in manifest["outputs"].items():
+            path = self.path / manifest["output_paths"].get(name, name)  # absolute paths stay absolute
             if not path.is_file():
                 return f"output missing: {path}"
             if file_hash(path) != recorded:

@@ -58,42 +58,26 @@ def layout_workdir(folder: Path, photo_paths: list[Path], cell_of_image, rows: i
     Lets render and export be tested on chosen photos and cells without running the model.
     """
     import hashlib
-    import time
 
     import numpy as np
 
     from gridtsne import assign
-    from gridtsne.workdir import COORDS, EMBEDDINGS, GRID, IMAGES, Workdir, save_json, save_npy
+    from gridtsne.workdir import COORDS, EMBEDDINGS, IMAGES, Workdir, save_json, save_npy
 
     work = Workdir(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = [
-        {
-            "path": str(path),
-            "bytes": path.stat().st_size,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "width": 0,
-            "height": 0,
-        }
+        {"path": str(path), "bytes": path.stat().st_size,
+         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "width": 0, "height": 0}
         for path in photo_paths
-    ]
+    ]  # fmt: skip
     save_json(work.file(IMAGES), {"images": entries, "skipped": []})
     cells = np.asarray(cell_of_image, dtype=np.int32)
     rows_of, cols_of = np.divmod(cells, cols)
-    save_npy(
-        work.file(COORDS),
-        np.stack([cols_of / max(cols - 1, 1), rows_of / max(rows - 1, 1)], axis=1).astype(np.float32),
-    )
-    save_npy(work.file(GRID), cells)
+    coords = np.stack([cols_of / max(cols - 1, 1), rows_of / max(rows - 1, 1)], axis=1)
+    save_npy(work.file(COORDS), coords.astype(np.float32))
     save_npy(work.file(EMBEDDINGS), np.eye(len(cells), dtype=np.float32))  # assign's freshness reads it
-    work.finish_stage(
-        "assign",
-        assign.parameters(None),
-        assign.current_inputs(work),
-        {GRID: work.file(GRID)},
-        time.perf_counter(),
-        {"rows": rows, "cols": cols},
-    )
+    assign.save_grid(work, cells, rows, cols)
     return work
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gridtsne import assign
-from gridtsne.workdir import StageError
+from gridtsne.options import AssignOptions, parse_aspect, parse_grid
 
 
 def blobs(n, seed=0):
@@ -97,8 +97,8 @@ def test_auto_is_exact_for_small_grids_and_blocks_for_large_ones():
         assign.resolve_solver("magic", 10)
 
 
-def test_too_many_images_for_the_grid_is_a_clear_error():
-    with pytest.raises(StageError, match="do not fit a 2x2 grid.*--subset"):
+def test_too_many_points_for_the_grid_is_a_value_error_naming_subset():
+    with pytest.raises(ValueError, match="do not fit 4 cells.*subset"):
         assign.assign_to_grid(np.random.default_rng(3).random((5, 2)), 2, 2)
 
 
@@ -114,123 +114,17 @@ def test_a_subset_keeps_every_region_of_the_map_and_leaves_the_rest_out():
 
 
 def test_parse_grid_and_aspect():
-    assert assign.parse_grid("12x16") == (12, 16)
-    assert assign.parse_aspect("16:9") == (16, 9)
+    assert parse_grid("12x16") == (12, 16)
+    assert parse_aspect("16:9") == (16, 9)
     for bad in ("12", "0x4", "axb"):
         with pytest.raises(ValueError):
-            assign.parse_grid(bad)
+            parse_grid(bad)
     for bad in ("16", "0:9", "wide"):
         with pytest.raises(ValueError):
-            assign.parse_aspect(bad)
-
-
-def test_refinement_keeps_a_complete_layout_and_improves_its_quality():
-    from gridtsne import quality, refine
-
-    rng = np.random.default_rng(6)
-    centres = rng.normal(size=(6, 32))
-    labels = rng.integers(0, 6, 144)
-    vectors = centres[labels] + rng.normal(scale=0.3, size=(144, 32))
-    coarse = np.argsort(labels, kind="stable")  # clusters in bands, unsorted within
-    cell_of_image = np.empty(144, dtype=np.int64)
-    cell_of_image[coarse] = np.arange(144)
-    refined = refine.refine_layout(vectors, cell_of_image, 12, 12)
-    assert sorted(refined.tolist()) == list(range(144))
-    before = quality.layout_quality(vectors, cell_of_image, 12)["dpq"]
-    assert quality.layout_quality(vectors, refined, 12)["dpq"] > before
-
-
-def test_refinement_leaves_the_empty_cells_where_the_assignment_put_them():
-    from gridtsne import refine
-
-    rng = np.random.default_rng(7)
-    vectors = rng.normal(size=(130, 16))
-    coords = rng.random((130, 2))
-    cell_of_image, _, _ = assign.assign_to_grid(coords, 12, 12)
-    refined = refine.refine_layout(vectors, cell_of_image, 12, 12)
-    assert set(refined.tolist()) == set(cell_of_image.tolist())  # the same 130 cells, the same 14 empty
-    assert not np.array_equal(refined, cell_of_image)  # yet the images did move
-
-
-def neighbour_objective(vectors, cell_of_image, cols):
-    """The swap step's objective from its definition: the ring-weighted embedding
-    distance over every pair of grid neighbours, each pair once."""
-    from gridtsne import refine
-
-    placed = np.flatnonzero(cell_of_image >= 0)
-    position = np.stack(np.divmod(cell_of_image[placed], cols), axis=1)
-    squared = ((position[:, None, :] - position[None, :, :]) ** 2).sum(axis=2)
-    weight = np.vectorize(lambda d2: refine.RING_WEIGHTS.get(int(d2), 0.0))(squared)
-    distance = np.linalg.norm(vectors[placed][:, None, :] - vectors[placed][None, :, :], axis=2)
-    return float(np.triu(weight * distance, 1).sum())
-
-
-def test_swaps_only_ever_lower_the_neighbour_distance_and_keep_empty_cells():
-    from gridtsne import refine
-
-    rng = np.random.default_rng(8)
-    vectors = rng.normal(size=(100, 8)).astype(np.float32)
-    cell_of_image = rng.permutation(120)[:100]  # 20 empty cells scattered over a 10 x 12 grid
-    before = neighbour_objective(vectors, cell_of_image, 12)
-    swapped = refine.swap_layout(vectors, cell_of_image, 10, 12)
-    assert set(swapped.tolist()) == set(cell_of_image.tolist())
-    after = neighbour_objective(vectors, swapped, 12)
-    assert after < 0.9 * before
-    # It stops at a local optimum: no single swap it tries lowers the objective further.
-    assert np.array_equal(refine.swap_layout(vectors, swapped, 10, 12), swapped)
-
-
-def test_swaps_undo_a_trade_of_two_neighbouring_images_in_a_perfect_layout():
-    from gridtsne import refine
-
-    # The embedding is the grid itself, so the identity layout is perfect.
-    rows, cols = 6, 7
-    vectors = np.stack(np.divmod(np.arange(rows * cols), cols), axis=1).astype(np.float32)
-    # A corner, an edge and the middle, with each kind of neighbour.
-    trades = [
-        ((0, 0), (0, 1)),
-        ((0, 0), (1, 1)),
-        ((0, 3), (1, 0)),
-        ((0, 6), (1, -1)),
-        ((2, 3), (0, 1)),
-        ((2, 3), (1, 0)),
-        ((2, 3), (1, 1)),
-        ((2, 3), (1, -1)),
-        ((4, 6), (1, 0)),
-        ((5, 2), (0, 1)),
-    ]
-    for (row, col), (d_row, d_col) in trades:
-        first, second = row * cols + col, (row + d_row) * cols + col + d_col
-        cell_of_image = np.arange(rows * cols)
-        cell_of_image[[first, second]] = cell_of_image[[second, first]]
-        restored = refine.swap_layout(vectors, cell_of_image, rows, cols)
-        assert np.array_equal(restored, np.arange(rows * cols)), (first, second)
-
-
-def test_sorting_sets_hold_at_most_set_side_squared_cells_spaced_apart():
-    from gridtsne import refine
-
-    rng = np.random.default_rng(9)
-    for spacing in (1, 3):
-        set_ids = refine.set_of_cell(50, 37, spacing, rng)
-        row, col = np.divmod(np.arange(50 * 37), 37)
-        for members in np.unique(set_ids):
-            held = set_ids == members
-            assert held.sum() <= refine.SET_SIDE**2
-            assert len(set(row[held] % spacing)) == 1 and len(set(col[held] % spacing)) == 1
-            assert np.ptp(row[held]) < refine.SET_SIDE * spacing
-
-
-def test_refinement_is_deterministic():
-    from gridtsne import refine
-
-    rng = np.random.default_rng(10)
-    vectors = rng.normal(size=(200, 300))
-    cell_of_image = rng.permutation(225)[:200]
-    first = refine.refine_layout(vectors, cell_of_image, 15, 15)
-    assert np.array_equal(first, refine.refine_layout(vectors, cell_of_image, 15, 15))
+            parse_aspect(bad)
 
 
 def test_an_aspect_beside_an_explicit_grid_does_not_make_assign_stale():
-    assert assign.parameters((4, 5), aspect=(16, 9)) == assign.parameters((4, 5))
-    assert assign.parameters(None, aspect=(16, 9)) != assign.parameters(None)
+    freshness = AssignOptions(grid=(4, 5)).freshness()
+    assert AssignOptions(grid=(4, 5), aspect=(16, 9)).freshness() == freshness
+    assert AssignOptions(aspect=(16, 9)).freshness() != AssignOptions().freshness()

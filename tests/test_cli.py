@@ -145,7 +145,7 @@ def test_a_grid_made_for_other_images_is_refused(cli, photos, tmp_path):
     np.save(work / "grid.npy", np.arange(5, dtype=np.int32))
     result = cli("render", tmp_path / "m.jpg", "-w", work)
     assert result.exit_code == 1
-    assert "out of date" in result.stderr and "gridtsne assign" in result.stderr
+    assert "for 12 images" in result.stderr and "rerun `gridtsne assign" in result.stderr
 
 
 def test_status_reports_fresh_and_stale_stages(cli, photos, tmp_path):

@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 
 from gridtsne import embed
+from gridtsne.errors import StageError
 from gridtsne.images import open_image
-from gridtsne.workdir import StageError, Workdir
+from gridtsne.options import EmbedOptions
+from gridtsne.workdir import Workdir
 
 DATA = Path(__file__).parent / "data"
 
@@ -45,8 +47,8 @@ def test_similar_photos_get_similar_embeddings(model, photos):
 def test_batches_do_not_change_results(model, photos, tmp_path):
     one = Workdir(tmp_path / "one")
     many = Workdir(tmp_path / "many")
-    embed.run(one, [photos], model=model, batch_size=1, progress=False)
-    embed.run(many, [photos], model=model, batch_size=64, progress=False)
+    embed.run(one, EmbedOptions(paths=[photos], batch_size=1))
+    embed.run(many, EmbedOptions(paths=[photos], batch_size=64))
     assert np.allclose(np.load(one.file("embeddings.npy")), np.load(many.file("embeddings.npy")), atol=1e-4)
 
 
@@ -59,7 +61,7 @@ def test_a_user_model_with_its_preprocessing_json(tmp_path, photos, model):
     mine = embed.load_model(str(tmp_path / "mine.onnx"))
     assert mine.prep.resize_short_side == 288 and mine.prep.std == (64, 64, 64)
     assert mine.name == "mine.onnx"
-    summary = embed.run(Workdir(tmp_path / "w"), [photos], model=mine, progress=False)
+    summary = embed.run(Workdir(tmp_path / "w"), EmbedOptions(paths=[photos], model=tmp_path / "mine.onnx"))
     assert summary["embedded"] == 12 and summary["dimension"] == 1280
 
 

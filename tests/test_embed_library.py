@@ -17,6 +17,7 @@ from PIL import Image
 from gridtsne import embed
 from gridtsne import images as imagelib
 from gridtsne.cache import EmbeddingCache
+from gridtsne.options import EmbedOptions
 from gridtsne.workdir import Workdir
 
 from .conftest import sample_photos
@@ -151,13 +152,13 @@ def test_a_moved_photo_is_not_embedded_again_and_a_changed_one_is(cli, photos, t
 
 def test_unchanged_files_are_not_even_read_again(photos, tmp_path, model, monkeypatch):
     work = Workdir(tmp_path / "work")
-    embed.run(work, [photos], model=model, progress=False)
+    embed.run(work, EmbedOptions(paths=[photos]))
 
     def must_not_read(path):
         raise AssertionError(f"{path} was read again")
 
     monkeypatch.setattr(imagelib, "content_hash", must_not_read)
-    summary = embed.run(work, [photos], model=model, progress=False)
+    summary = embed.run(work, EmbedOptions(paths=[photos]))
     assert summary["reused"] == 12
 
 

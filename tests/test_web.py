@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from gridtsne import render, web
-from gridtsne.workdir import StageError
+from gridtsne.errors import StageError
+from gridtsne.options import RenderOptions
 
 from .conftest import layout_workdir
 from .test_render import CELLS
@@ -72,7 +73,7 @@ def test_a_new_render_replaces_the_page_but_never_a_folder_it_did_not_write(cli,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["colours", "gallery", "work"]
 
     with pytest.raises(StageError, match="not a page gridtsne wrote"):
-        render.run(work, tmp_path / "colours.html", progress=False)  # the photos' own folder
+        render.run(work, RenderOptions(output=tmp_path / "colours.html"))  # the photos' own folder
     assert sorted(p.name for p in (tmp_path / "colours").iterdir()) == sorted(p.name for p in colour_photos)
 
 

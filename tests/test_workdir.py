@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from gridtsne.workdir import StageError, Workdir, atomic_write, save_npy
+from gridtsne.errors import StageError
+from gridtsne.workdir import Workdir, atomic_write, save_npy
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_debris(tmp_path):
