@@ -467,8 +467,8 @@ def status_command(workdir, as_json):
         return
     click.echo(f"work directory: {wd.path}")
     for entry in report:
-        state = "fresh" if entry["fresh"] else ("stale" if entry["done"] else "not run")
-        why = f" ({entry['reason']})" if entry["done"] and not entry["fresh"] else ""
+        state = "fresh" if entry["fresh"] else ("not run" if entry["reason"] == "never run" else "stale")
+        why = f" ({entry['reason']})" if state == "stale" else ""
         click.echo(f"  {entry['stage']:<7} {state}{why}")
         quality = entry.get("results", {}).get("quality") if entry["stage"] == "assign" else None
         if entry["done"] and isinstance(quality, dict):

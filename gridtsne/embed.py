@@ -285,7 +285,6 @@ class EmbedStage(Stage):
         parameters = {
             **options.freshness(),
             "paths": [os.path.abspath(p) for p in options.paths],
-            "exclude": [os.path.abspath(p) for p in options.exclude],
             "ext": sorted(options.ext),
             "model": model.describe(),
         }

@@ -267,8 +267,9 @@ class EmbedOptions(StageOptions):
     cache: str | None = option(None, _optional(_text), fresh=False)
     #: Embed only the K-th of N slices of the inputs, into the cache.
     shard: tuple[int, int] | None = option(None, _shard, fresh=False)
-    #: Files and folders never to embed (``all`` puts its own output here).
-    exclude: tuple[str, ...] = option((), _texts)
+    #: Files and folders never to embed (``all`` puts its own output here). Not a freshness
+    #: parameter: what it leaves out shows in the files found, which are.
+    exclude: tuple[str, ...] = option((), _texts, fresh=False)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class Workdir:
         """The path of an upstream artifact, or a message naming the stage to run."""
         path = self.file(name)
         if not path.is_file():
-            stage = WRITTEN_BY[name]
+            stage = WRITTEN_BY.get(name, "the stage that writes it")
             raise StageError(f"{path} is missing: run `gridtsne {stage} -w {self.path}` first")
         return path
 
@@ -193,9 +193,8 @@ class Workdir:
         return cells
 
     def _damaged(self, name: str, why: str) -> StageError:
-        return StageError(
-            f"{self.file(name)} is damaged ({why}): rerun `gridtsne {WRITTEN_BY[name]} -w {self.path}`"
-        )
+        stage = WRITTEN_BY.get(name, "the stage that writes it")
+        return StageError(f"{self.file(name)} is damaged ({why}): rerun `gridtsne {stage} -w {self.path}`")
 
     def read_manifest(self, stage: str) -> dict | None:
         """The stage's manifest, or None when there is none or it is damaged (the stage then reruns)."""

@@ -94,3 +94,31 @@ def colour_photos(tmp_path) -> list[Path]:
         Image.new("RGB", size, name).save(path, quality=95)
         paths.append(path)
     return paths
+
+
+class FakeModel:
+    """A stand-in for the ONNX model: a 4 x 4 grid of mean colours (48 numbers) per image.
+
+    Similar pictures still get similar vectors, so the plumbing, freshness and
+    CLI tests that use it see real behaviour, in a fraction of the time.
+    """
+
+    name = "fake"
+    path = Path("fake.onnx")
+    sha256 = "0" * 64
+    cache_key = "fake-0"
+    prep = embed.Preprocessing(resize_short_side=32, crop_size=32)
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+    def __call__(self, batch):
+        return batch.reshape(len(batch), 3, 4, 8, 4, 8).mean(axis=(3, 5)).reshape(len(batch), -1)
+
+
+@pytest.fixture
+def fake_model(monkeypatch) -> FakeModel:
+    """Make every embed in this test use ``FakeModel`` instead of the shipped network."""
+    model = FakeModel()
+    monkeypatch.setattr(embed, "model_for", lambda options: model)
+    return model
