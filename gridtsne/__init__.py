@@ -68,6 +68,7 @@ def mosaic(
 
     settings = PipelineOptions.from_flat({**options, "paths": list(photos), "output": output})
     work = Workdir(workdir if workdir is not None else default_workdir(output))
+    pipeline.check_start(work, settings, named=workdir is not None)
     with work.lock():
         return pipeline.run_all(work, settings, Context(progress=progress), force=force)
 

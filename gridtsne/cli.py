@@ -142,6 +142,8 @@ render_options = _with(
     stage_option(RenderOptions, "quality", help="JPEG/WebP quality (also of the web page's tiles)."),
     stage_option(RenderOptions, "format", type=click.Choice(("auto", *render.WRITERS)),
                  help="Output format; auto: from OUTPUT's extension. Needed when OUTPUT is - (stdout)."),
+    stage_option(RenderOptions, "overwrite", is_flag=True,
+                 help="Write over an existing OUTPUT that gridtsne did not write (never over a photo)."),
 )  # fmt: skip
 
 # OUTPUT is checked with --format by RenderOptions and render.format_of: with it, any name will do.
@@ -213,6 +215,14 @@ def _context(quiet: bool, jobs: int | None = None) -> Context:
     return Context(progress=not quiet, jobs=jobs, on_message=on_message, stdout=sys.stdout.buffer)
 
 
+def _workdir(named: str | None, default: os.PathLike | None = None) -> Workdir:
+    """The work directory named with -w, else the default; a file there is a usage error."""
+    work = Workdir(named or default or default_workdir())
+    if work.path.exists() and not work.path.is_dir():
+        raise click.UsageError(f"{work.path} is a file, not a work directory: name another with -w")
+    return work
+
+
 def _emit(data, as_json: bool, plain: str | None = None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -277,7 +287,7 @@ def embed_command(paths, workdir, null, jobs, quiet, as_json, **values):
         gridtsne embed ./photos -w work --shard 2/4     # then: gridtsne embed ./photos -w work
     """
     options = build(EmbedOptions, paths=_read_paths(paths, null), **values)
-    wd = Workdir(workdir or default_workdir())
+    wd = _workdir(workdir)
     # Shards only add files to the cache, so several may run at once beside each other.
     with wd.lock() if options.shard is None else contextlib.nullcontext():
         summary = embed.run(wd, options, _context(quiet, jobs))
@@ -310,7 +320,7 @@ def reduce_command(workdir, vectors, paths_file, quiet, as_json, **values):
     if paths_file and not vectors:
         raise click.UsageError("--paths goes with --embeddings")
     options = build(ReduceOptions, **values)
-    wd = Workdir(workdir or default_workdir())
+    wd = _workdir(workdir)
     with wd.lock():
         if vectors:
             reduce.import_embeddings(wd, vectors, paths_file)
@@ -334,7 +344,7 @@ def assign_command(workdir, quiet, as_json, **values):
         gridtsne assign -w work --grid 20x20 --subset     # keep 400 representative images
     """
     options = build(AssignOptions, **values)
-    wd = Workdir(workdir or default_workdir())
+    wd = _workdir(workdir)
     with wd.lock():
         summary = assign.run(wd, options, _context(quiet))
     _report(summary, quiet)
@@ -365,7 +375,7 @@ def render_command(output, workdir, jobs, quiet, as_json, **values):
     """
     options = build(RenderOptions, output=output, **values)
     _check_output(options, as_json)
-    wd = Workdir(workdir or default_workdir())
+    wd = _workdir(workdir)
     with wd.lock():
         summary = render.run(wd, options, _context(quiet, jobs))
     _report(summary, quiet)
@@ -379,8 +389,9 @@ def render_command(output, workdir, jobs, quiet, as_json, **values):
               show_default=True, help="auto: from -o's extension, else csv.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="Write to this file instead of stdout.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Write over an existing file that gridtsne did not write.")
 @reports_errors
-def export_command(workdir, table_format, output):
+def export_command(workdir, table_format, output, overwrite):
     """Print each photo's grid position and t-SNE coordinates, one row per photo.
 
     Columns: index (row in images.json and embeddings.npy), path, row, col,
@@ -393,13 +404,16 @@ def export_command(workdir, table_format, output):
         gridtsne export -w work --format jsonl | jq -r 'select(.row == 0) | .path'
         gridtsne export -w work -o positions.json
     """
-    wd = Workdir(workdir or default_workdir())
+    wd = _workdir(workdir)
     text = export.export(wd, export.format_of(output, table_format))
     if output == "-":
         click.echo(text, nl=False)
-    else:
+        return
+    with wd.lock():
+        wd.may_write(output, overwrite)
         export.save(output, text)
-        click.echo(str(output), err=True)
+        wd.remember_written([output])
+    click.echo(str(output), err=True)
 
 
 @main.command("all")
@@ -432,7 +446,8 @@ def all_command(photos, output, workdir, null, jobs, force, quiet, as_json, **va
     _check_output(options.render, as_json)
     if output == render.STDOUT and not (workdir or os.environ.get(ENV_VAR)):
         raise click.UsageError("with - as OUTPUT, name the work directory: -w DIR")
-    wd = Workdir(workdir or default_workdir(output))
+    wd = _workdir(workdir, default_workdir(output))
+    pipeline.check_start(wd, options, named=bool(workdir or os.environ.get(ENV_VAR)))
 
     def stage_done(summary):
         _report(summary, quiet)
@@ -460,7 +475,7 @@ def status_command(workdir, as_json):
     Example:
         gridtsne status -w work --json | jq '.stages[] | select(.fresh | not)'
     """
-    wd = Workdir(workdir or default_workdir())
+    wd = _workdir(workdir)
     report = pipeline.stage_status(wd)
     if as_json:
         click.echo(json.dumps({"workdir": str(wd.path), "stages": report}, indent=2))

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from gridtsne import images as imagelib
 from gridtsne.cache import ENV_VAR as CACHE_ENV_VAR
 from gridtsne.cache import EmbeddingCache, Record
-from gridtsne.errors import Interrupted, StageError
+from gridtsne.errors import Interrupted, OptionMismatch, StageError
 from gridtsne.options import DEFAULT_MODEL, EmbedOptions
 from gridtsne.stage import Context, Plan, Stage
 from gridtsne.workdir import EMBEDDINGS, IMAGES, Workdir, file_hash, jsonable, save_json, save_npy
@@ -60,7 +60,7 @@ class Preprocessing:
                 std=tuple(float(v) for v in spec.get("std", cls.std)),
             )
         except (OSError, ValueError, TypeError) as error:
-            raise StageError(f"cannot read preprocessing from {path}: {error}") from None
+            raise OptionMismatch("preprocess", f"cannot read preprocessing from {path}: {error}") from None
 
 
 def preprocess(image: Image.Image, prep: Preprocessing) -> np.ndarray:
@@ -96,14 +96,15 @@ class Model:
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=[self.provider])
         except Exception as error:  # onnxruntime raises its own unrelated types
-            raise StageError(f"cannot load the ONNX model {self.path}: {error}") from None
+            raise OptionMismatch("model", f"cannot load the ONNX model {self.path}: {error}") from None
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         fixed_size = [d for d in model_input.shape[2:] if isinstance(d, int)]
         if fixed_size and fixed_size != [prep.crop_size] * len(fixed_size):
-            raise StageError(
+            raise OptionMismatch(
+                "preprocess",
                 f"{self.path.name} takes {'x'.join(map(str, fixed_size))} pixel input but the "
-                f"preprocessing crops to {prep.crop_size}: set crop_size in its preprocessing JSON"
+                f"preprocessing crops to {prep.crop_size}: set crop_size in its preprocessing JSON",
             )
 
     @property
@@ -148,9 +149,10 @@ def _provider_name(provider: str, available: list[str]) -> str:
         }.get(provider.lower(), provider)
     )
     if full not in available:
-        raise StageError(
+        raise OptionMismatch(
+            "provider",
             f"onnxruntime here has no {full}: available are {', '.join(available)}"
-            + (" (for CUDA, install onnxruntime-gpu)" if full == "CUDAExecutionProvider" else "")
+            + (" (for CUDA, install onnxruntime-gpu)" if full == "CUDAExecutionProvider" else ""),
         )
     return full
 
@@ -185,13 +187,13 @@ def load_model(
     else:
         model_path = Path(path).absolute()
         if not model_path.is_file():
-            raise StageError(f"no such model file: {model_path}")
+            raise OptionMismatch("model", f"no such model file: {model_path}")
         spec = model_path.with_suffix(".json")
         name = model_path.name
     if preprocessing is not None:
         spec = Path(preprocessing)
         if not spec.is_file():
-            raise StageError(f"no such preprocessing file: {spec}")
+            raise OptionMismatch("preprocess", f"no such preprocessing file: {spec}")
     prep = Preprocessing.from_json(spec) if spec.is_file() else Preprocessing()
     return Model(model_path, prep, name, threads, provider)
 

@@ -325,6 +325,8 @@ class RenderOptions(StageOptions):
     quality: int = option(90, _integer(1, 100))
     #: Output format; "auto": from the output's extension.
     format: str = option("auto", _choice(FORMATS))
+    #: Write over an existing output file that gridtsne did not write.
+    overwrite: bool = option(False, _flag, fresh=False)
 
     def freshness(self) -> dict[str, Any]:
         # "black" and "#000000" draw the same picture.

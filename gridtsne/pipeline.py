@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from gridtsne import assign, embed, reduce, render
-from gridtsne.errors import GridtsneError
+from gridtsne.errors import GridtsneError, StageError
 from gridtsne.options import PipelineOptions
 from gridtsne.stage import Context, Stage
 from gridtsne.workdir import Workdir
@@ -41,6 +42,23 @@ def stage_status(workdir: Workdir) -> list[dict]:
         if not before["fresh"] and after["fresh"]:
             after["fresh"], after["reason"] = False, f"waits for {before['stage']}"
     return report
+
+
+def check_start(workdir: Workdir, options: PipelineOptions, *, named: bool) -> None:
+    """What ``all`` refuses before it creates anything: an output that is a photo or a file
+    gridtsne did not write, and (unless the user ``named`` it) a work directory that would
+    land inside a folder of photos."""
+    render.STAGE.check_destination(workdir, options.render, options.embed.paths)
+    if named:
+        return
+    where = workdir.path.absolute()
+    for given in options.embed.paths:
+        folder = Path(given).absolute()
+        if folder.is_dir() and where.is_relative_to(folder):
+            raise StageError(
+                f"the work directory would go into the photo folder {folder} (as {where.name}): "
+                "name one elsewhere with -w DIR"
+            )
 
 
 def run_all(

@@ -379,6 +379,7 @@ class RenderStage(Stage):
         writer = resolve_writer(options.output, options.format, options.quality)
         output = STDOUT if to_stdout else Path(options.output).absolute()
         listing = workdir.load_images()["images"]
+        self.check_destination(workdir, options, [entry["path"] for entry in listing])
         cell_of_image, rows, cols = assign.grid_of(workdir, len(listing))
         tile_maker = tiles.Tiles(workdir.path, options.tile, options.fit)
         mosaic = Mosaic(listing, cell_of_image, rows, cols, tile_maker=tile_maker, gap_px=options.gap,
@@ -386,6 +387,8 @@ class RenderStage(Stage):
                         progress=context.progress)  # fmt: skip
         writer.check(mosaic.width, mosaic.height)
         written = writer.save(mosaic, context.stdout if to_stdout else output)
+        if "output" in written:
+            workdir.remember_written([written["output"]])
         return {
             "output": str(written.get("page", output)),
             "format": name,
@@ -396,6 +399,17 @@ class RenderStage(Stage):
             "from_cache": tile_maker.cached,
             "unreadable": mosaic.unreadable,
         }
+
+    def check_destination(self, workdir: Workdir, options: RenderOptions, photos=()) -> None:
+        """Refuse, before any work, an output that is one of the photos or a file gridtsne did not
+        write (a shell glob that left the output off makes the last photo the output).
+        A web page's folder is checked by its writer, by the marker inside it."""
+        if options.output == STDOUT or format_of(options.output, options.format) == "html":
+            return
+        output = Path(options.output).absolute()
+        if str(output) in {str(Path(photo).absolute()) for photo in photos}:
+            raise StageError(f"{output} is one of the photos: name a new file as the output, last")
+        workdir.may_write(output, options.overwrite)
 
     def describe(self, summary: dict) -> str:
         missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""

@@ -36,6 +36,9 @@ MANIFEST_KEYS = ("options", "params", "inputs", "outputs", "output_paths", "resu
 #: The stage that writes each artifact, for "run this first" messages.
 WRITTEN_BY = {IMAGES: "embed", EMBEDDINGS: "embed", COORDS: "reduce", GRID: "assign"}
 
+#: The files gridtsne wrote outside the work directory (mosaics, exports), with their hashes.
+WRITTEN = "written.json"
+
 DEFAULT_DIRNAME = "gridtsne-work"
 ENV_VAR = "GRIDTSNE_WORKDIR"
 
@@ -271,6 +274,44 @@ class Workdir:
             if file_hash(path) != recorded:
                 return f"output modified: {path}"
         return None
+
+    def may_write(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Refuse to write over a file that gridtsne did not write from this work directory.
+
+        A file it wrote and that is unchanged since may be replaced (a rerun);
+        anything else (a photo a shell glob put where the output goes, a file
+        of the user's, a symbolic link) only with ``overwrite``. A folder never.
+        """
+        path = Path(path).absolute()
+        if path.is_dir():
+            raise StageError(f"{path} is a folder: name a file to write")
+        if not os.path.lexists(path) or overwrite:
+            return
+        recorded = self._written().get(str(path))
+        if (
+            recorded is not None
+            and not path.is_symlink()
+            and path.is_file()
+            and sha256_file(path) == recorded
+        ):
+            return
+        raise StageError(
+            f"{path} already exists and gridtsne did not write it (or it changed since): "
+            "name another file, move it away, or add --overwrite"
+        )
+
+    def remember_written(self, paths: list[Path]) -> None:
+        """Record files just written outside the work directory, so that a rerun may replace them."""
+        record = self._written()
+        record.update({str(Path(p).absolute()): sha256_file(p) for p in paths})
+        save_json(self.file(WRITTEN), record)
+
+    def _written(self) -> dict[str, str]:
+        try:
+            record = load_json(self.file(WRITTEN))
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     @contextlib.contextmanager
     def lock(self):

@@ -51,7 +51,8 @@ def test_stages_one_by_one_write_the_documented_artifacts(cli, photos, tmp_path)
     with Image.open(tmp_path / "out.png") as mosaic:
         assert mosaic.format == "PNG" and mosaic.size == (4 * 32, 3 * 32)
     written = sorted(p.name for p in work.iterdir() if not p.name.startswith("."))
-    assert written == sorted(ARTIFACTS + ["thumbs"])  # thumbs/: render's tile cache
+    # thumbs/: render's tile cache; written.json: what gridtsne wrote outside (out.png)
+    assert written == sorted(ARTIFACTS + ["thumbs", "written.json"])
 
 
 def test_all_makes_a_mosaic_and_a_rerun_skips_every_stage_and_rewrites_nothing(cli, photos, tmp_path):
@@ -69,12 +70,15 @@ def test_all_makes_a_mosaic_and_a_rerun_skips_every_stage_and_rewrites_nothing(c
     assert mtimes(work, ARTIFACTS) | {"out": os.stat(out).st_mtime_ns} == before
 
 
-def test_a_mosaic_written_into_the_photo_folder_is_not_taken_for_a_photo(cli, photos):
+def test_a_mosaic_written_into_the_photo_folder_is_not_taken_for_a_photo(cli, photos, tmp_path):
     out = photos / "mosaic.jpg"
-    assert cli("all", photos, out, "--tile", 16).exit_code == 0
-    second = cli("all", photos, out, "--tile", 16)
+    refused = cli("all", photos, out, "--tile", 16)  # its work directory would go among the photos
+    assert refused.exit_code == 1 and "name one elsewhere with -w" in refused.stderr
+    assert not (photos / "mosaic.gridtsne").exists() and not out.exists()
+    assert cli("all", photos, out, "--tile", 16, "-w", tmp_path / "work").exit_code == 0
+    second = cli("all", photos, out, "--tile", 16, "-w", tmp_path / "work")
     assert "embed: fresh, skipped" in second.stderr
-    listed = json.loads((photos / "mosaic.gridtsne" / "images.json").read_text())
+    listed = json.loads((tmp_path / "work" / "images.json").read_text())
     assert len(listed["images"]) == 12 and listed["skipped"] == []
 
 

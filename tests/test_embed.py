@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from gridtsne import embed
-from gridtsne.errors import StageError
+from gridtsne.errors import OptionMismatch
 from gridtsne.images import open_image
 from gridtsne.options import EmbedOptions
 from gridtsne.workdir import Workdir
@@ -67,5 +67,5 @@ def test_a_user_model_with_its_preprocessing_json(tmp_path, photos, model):
 
 def test_a_preprocessing_that_does_not_fit_the_model_is_a_clear_error(tmp_path, model):
     (tmp_path / "crop.json").write_text(json.dumps({"crop_size": 128}))
-    with pytest.raises(StageError, match="takes 224x224 pixel input"):
+    with pytest.raises(OptionMismatch, match="takes 224x224 pixel input"):
         embed.load_model(str(model.path), preprocessing=str(tmp_path / "crop.json"))

@@ -77,9 +77,9 @@ def test_a_new_render_replaces_the_page_but_never_a_folder_it_did_not_write(cli,
     assert sorted(p.name for p in (tmp_path / "colours").iterdir()) == sorted(p.name for p in colour_photos)
 
 
-def test_a_page_written_into_the_photo_folder_is_not_taken_for_photos(cli, photos):
+def test_a_page_written_into_the_photo_folder_is_not_taken_for_photos(cli, photos, tmp_path):
     out = photos / "gallery.html"
-    assert cli("all", photos, out, "--tile", 16).exit_code == 0
-    second = cli("all", photos, out, "--tile", 16)
+    assert cli("all", photos, out, "--tile", 16, "-w", tmp_path / "work").exit_code == 0
+    second = cli("all", photos, out, "--tile", 16, "-w", tmp_path / "work")
     assert second.exit_code == 0
     assert "embed: fresh, skipped" in second.stderr and "render: fresh, skipped" in second.stderr
