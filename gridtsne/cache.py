@@ -9,6 +9,8 @@ rerun skip reading unchanged files at all, as git does.
 
 Layout: ``<cache>/<model name>-<model key>/chunk-*.npz``; the key covers the
 model's bytes and its preprocessing, so another model never sees these vectors.
+A chunk that cannot be read (cut short, damaged, not ours) counts as missing:
+its vectors are computed again.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class EmbeddingCache:
         self.folder = Path(root) / model_key
         self.by_sha: dict[str, Record] = {}
         self.by_stat: dict[tuple[str, int, int], str] = {}
+        self.dimension: int | None = None  # of the vectors; a chunk of another length is not ours
         self._load()
 
     def __len__(self) -> int:
@@ -57,11 +60,10 @@ class EmbeddingCache:
 
     def _load(self) -> None:
         for chunk in self._chunks():
-            try:
-                with np.load(chunk, allow_pickle=False) as data:
-                    columns = {name: data[name] for name in data.files}
-            except (OSError, ValueError, KeyError):
+            columns = _read_chunk(chunk)
+            if columns is None or self.dimension not in (None, columns["vectors"].shape[1]):
                 continue  # merged away by another process, or unreadable: recomputed if needed
+            self.dimension = columns["vectors"].shape[1]
             for i, sha in enumerate(columns["sha256"].tolist()):
                 record = Record(
                     str(columns["path"][i]),
@@ -107,6 +109,35 @@ class EmbeddingCache:
         _write_chunk(self.folder / f"merged-{uuid.uuid4().hex}.npz", records)
         for chunk in chunks:
             chunk.unlink(missing_ok=True)
+
+
+#: The columns of a chunk, all of one length: row i is one record.
+COLUMNS = ("sha256", "path", "bytes", "mtime_ns", "size", "vectors")
+
+
+def _read_chunk(path: Path) -> dict[str, np.ndarray] | None:
+    """The columns of one chunk, or None when it is gone or not a whole, well-formed chunk."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            columns = {name: data[name] for name in COLUMNS}
+    except Exception:  # cut short, damaged, merged away meanwhile: any of zipfile's, numpy's, the OS's errors
+        return None
+    if any(column.ndim == 0 for column in columns.values()):
+        return None
+    rows = len(columns["sha256"])
+    well_formed = (
+        all(len(column) == rows for column in columns.values())
+        and columns["sha256"].dtype.kind == "U"
+        and columns["path"].dtype.kind == "U"
+        and columns["bytes"].dtype.kind in "iu"
+        and columns["mtime_ns"].dtype.kind in "iu"
+        and columns["size"].shape == (rows, 2)
+        and columns["size"].dtype.kind in "iu"
+        and columns["vectors"].ndim == 2
+        and columns["vectors"].dtype.kind == "f"
+        and bool(np.isfinite(columns["vectors"]).all())
+    )
+    return columns if well_formed else None
 
 
 def _write_chunk(path: Path, records: list[Record]) -> None:
