@@ -1,20 +1,99 @@
 """cache: a cache shared by several processes loses no vector; a damaged chunk only costs a recompute."""
 
 import io
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
 from gridtsne import embed
-from gridtsne.cache import EmbeddingCache, Record
+from gridtsne.cache import COMPACT_ABOVE, EmbeddingCache, Record
 from gridtsne.workdir import Workdir
+
+from .conftest import REPO
 
 KEY = "model-0123456789abcdef"
 
 
 def record(sha: str, value: float = 1.0) -> Record:
     return Record(f"/photos/{sha}.jpg", 10, 20, sha, 64, 48, np.full(4, value, np.float32))
+
+
+def add_one_chunk_each(cache: EmbeddingCache, shas) -> None:
+    for sha in shas:
+        cache.add([record(sha)])
+
+
+def test_a_compaction_keeps_chunks_another_process_wrote_after_it_loaded(tmp_path):
+    compacting = EmbeddingCache(tmp_path, KEY)
+    other = EmbeddingCache(tmp_path, KEY)
+    other.add([record("written-by-the-other")])  # after `compacting` looked at the folder
+    add_one_chunk_each(compacting, [f"own-{i}" for i in range(COMPACT_ABOVE + 1)])
+    compacting.compact()
+    reloaded = EmbeddingCache(tmp_path, KEY)
+    assert "written-by-the-other" in reloaded.by_sha
+    assert len(reloaded) == COMPACT_ABOVE + 2
+    assert len(list((tmp_path / KEY).glob("*.npz"))) == 2  # the merged chunk and the other's
+
+
+# Each worker adds ROUNDS x PER_ROUND records, one chunk each, and compacts after every round.
+WORKER = """
+import pathlib, sys, time
+import numpy as np
+from gridtsne.cache import EmbeddingCache, Record
+root, key, tag, go, rounds, per_round = sys.argv[1:]
+while not pathlib.Path(go).exists():
+    time.sleep(0.001)
+for r in range(int(rounds)):
+    cache = EmbeddingCache(root, key)
+    for i in range(int(per_round)):
+        sha = f"{tag}-{r}-{i}"
+        cache.add([Record(f"/photos/{sha}.jpg", 1, 2, sha, 16, 16, np.full(4, i, np.float32))])
+    cache.compact()
+"""
+
+
+def test_two_processes_writing_and_compacting_one_cache_lose_no_vector(tmp_path):
+    rounds, per_round = 4, COMPACT_ABOVE + 2
+    go = tmp_path / "go"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(tmp_path), KEY, tag, str(go), str(rounds), str(per_round)],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+        )
+        for tag in ("a", "b")
+    ]
+    go.touch()  # both start at once
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, stderr.decode()
+    cached = EmbeddingCache(tmp_path, KEY)
+    wanted = {f"{tag}-{r}-{i}" for tag in "ab" for r in range(rounds) for i in range(per_round)}
+    assert wanted - set(cached.by_sha) == set()
+
+
+def test_a_reader_never_sees_a_chunk_vanish_while_a_compaction_runs(tmp_path, monkeypatch):
+    writer = EmbeddingCache(tmp_path, KEY)
+    add_one_chunk_each(writer, [f"x-{i}" for i in range(COMPACT_ABOVE + 1)])
+    # A compaction started while a reader holds the folder waits its turn, here: it is skipped.
+    monkeypatch.setattr(np, "load", _compact_during_load(writer, np.load))
+    reader = EmbeddingCache(tmp_path, KEY)
+    assert len(reader) == COMPACT_ABOVE + 1
+    monkeypatch.undo()
+    writer.compact()  # now nobody reads: it merges
+    assert len(list((tmp_path / KEY).glob("*.npz"))) == 1
+    assert len(EmbeddingCache(tmp_path, KEY)) == COMPACT_ABOVE + 1
+
+
+def _compact_during_load(writer, load):
+    def load_then_compact(*args, **kwargs):
+        writer.compact()
+        return load(*args, **kwargs)
+
+    return load_then_compact
 
 
 def npz_bytes(**columns) -> bytes:
