@@ -245,5 +245,6 @@ def open_image(
         raise UnreadableImage("unreadable", error.strerror or str(error)) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as error:
         detail = str(error) or type(error).__name__
-        kind = "truncated" if "truncated" in detail or isinstance(error, EOFError) else "corrupt"
+        # Pillow says "image file is truncated" or "Truncated File Read", depending on where it stopped.
+        kind = "truncated" if "truncated" in detail.lower() or isinstance(error, EOFError) else "corrupt"
         raise UnreadableImage(kind, detail) from None

@@ -1,9 +1,13 @@
 """Safety: gridtsne never writes through a link, and odd inputs are skipped with a reason."""
 
+import io
 import os
 
 import pytest
+from PIL import Image
 
+from gridtsne import images
+from gridtsne.images import UnreadableImage
 from gridtsne.workdir import StageError, Workdir
 
 
@@ -36,3 +40,15 @@ def test_the_lock_file_is_kept_not_truncated(tmp_path):
         pass
     assert (tmp_path / ".lock").read_text() == "left by an earlier run"
     assert os.listdir(tmp_path) == [".lock"]
+
+
+@pytest.mark.parametrize(
+    "fmt, cut", [("JPEG", 0.05), ("JPEG", 0.5), ("PNG", 0.5), ("GIF", 0.5), ("TIFF", 0.5)]
+)
+def test_a_file_cut_short_is_truncated_not_corrupt(tmp_path, fmt, cut):
+    full = io.BytesIO()
+    Image.effect_noise((120, 90), 60).convert("RGB").save(full, format=fmt)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(full.getvalue()[: int(len(full.getvalue()) * cut)])
+    with pytest.raises(UnreadableImage, match="^truncated: "):
+        images.open_image(path)
