@@ -1,7 +1,11 @@
 """Safety: gridtsne never writes through a link, and odd inputs are skipped with a reason."""
 
 import io
+import json
 import os
+import socket
+import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -40,6 +44,76 @@ def test_the_lock_file_is_kept_not_truncated(tmp_path):
         pass
     assert (tmp_path / ".lock").read_text() == "left by an earlier run"
     assert os.listdir(tmp_path) == [".lock"]
+
+
+# --- odd inputs: refused with a reason, never opened ---
+
+
+def jpeg(path, colour="red", size=(40, 30)):
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_a_fifo_or_socket_named_like_a_photo_is_skipped_as_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.mkfifo(tmp_path / "named.jpg")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "socket.png"))
+        found = images.find_images([tmp_path, tmp_path / "named.jpg"])
+    assert found.files == []
+    assert sorted(found.skipped) == [
+        (tmp_path / "named.jpg", "not a regular file: a named pipe (FIFO)"),
+        (tmp_path / "pipe.jpg", "not a regular file: a named pipe (FIFO)"),
+        (tmp_path / "socket.png", "not a regular file: a socket"),
+    ]
+
+
+def test_a_fifo_that_takes_a_photos_place_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # nobody writes to it: open() for reading would wait forever
+    outcome = []
+
+    def hash_it():
+        try:
+            images.content_hash(tmp_path / "pipe.jpg")
+        except UnreadableImage as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=hash_it, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # let the blocked open() return, so that the test run can end
+        os.close(os.open(tmp_path / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))
+    assert outcome == ["not a regular file: a named pipe (FIFO)"]
+
+
+def test_a_device_named_on_the_command_line_is_not_a_regular_file(tmp_path):
+    found = images.find_images(["/dev/null"])
+    assert found.skipped == [(Path("/dev/null"), "not a regular file: a character device")]
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_a_reason_json_can_store(tmp_path):
+    jpeg(tmp_path / "good.jpg")
+    jpeg(tmp_path / os.fsdecode(b"caf\xe9.jpg"))  # Latin-1
+    bad_folder = tmp_path / os.fsdecode(b"\xff\xfe")
+    bad_folder.mkdir()
+    jpeg(bad_folder / "inside.jpg")
+    found = images.find_images([tmp_path])
+    assert found.files == [tmp_path / "good.jpg"]
+    assert sorted(found.skipped) == [
+        (
+            tmp_path / "\\xff\\xfe" / "inside.jpg",
+            "bad file name: not valid UTF-8 (rename the file to include it)",
+        ),
+        (tmp_path / "caf\\xe9.jpg", "bad file name: not valid UTF-8 (rename the file to include it)"),
+    ]
+    json.dumps([str(path) for path, _ in found.skipped]).encode("utf-8")  # what images.json does
+
+
+def test_the_fingerprint_takes_any_file_name(tmp_path):
+    bad = jpeg(tmp_path / os.fsdecode(b"caf\xe9.jpg"))
+    before = images.fingerprint([bad, tmp_path / "gone.jpg"])
+    os.utime(bad, ns=(0, 0))
+    assert images.fingerprint([bad, tmp_path / "gone.jpg"]) != before
 
 
 @pytest.mark.parametrize(
