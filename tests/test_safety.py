@@ -1,18 +1,23 @@
 """Safety: gridtsne never writes through a link, and odd inputs are skipped with a reason."""
 
+import fcntl
 import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from gridtsne import images
+from gridtsne import images, render, web
 from gridtsne.images import UnreadableImage
 from gridtsne.workdir import StageError, Workdir
+
+from .conftest import REPO, layout_workdir
 
 
 def test_the_lock_never_follows_a_link_and_never_empties_a_file(tmp_path):
@@ -126,3 +131,67 @@ def test_a_file_cut_short_is_truncated_not_corrupt(tmp_path, fmt, cut):
     path.write_bytes(full.getvalue()[: int(len(full.getvalue()) * cut)])
     with pytest.raises(UnreadableImage, match="^truncated: "):
         images.open_image(path)
+
+
+# --- the web page: what killed renders leave behind ---
+
+KILLED_RENDER = """
+import os, sys
+from gridtsne import render, web
+from gridtsne.workdir import Workdir
+web.Pyramid.finish = lambda self: os._exit(9)  # as if killed with -9 halfway through the page
+render.run(Workdir(sys.argv[1]), sys.argv[2], tile_px=20, progress=False)
+"""
+
+
+def hidden_leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".gallery."))
+
+
+def test_a_killed_web_render_leaves_folders_the_next_render_removes(tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, [4, 0, 8, 2, 6, 3], 3, 3)
+    site = tmp_path / "site"
+    site.mkdir()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RENDER, str(work.path), str(site / "gallery.html")], cwd=REPO
+    )
+    assert killed.returncode == 9
+    assert len(hidden_leftovers(site)) == 1 and not (site / "gallery").exists()
+    old_page = site / ".gallery.abc123de.old" / "gallery"  # killed while swapping in a new page
+    old_page.mkdir(parents=True)
+    (old_page / web.MARKER).write_text("")
+
+    render.run(work, site / "gallery.html", tile_px=20, progress=False)
+    assert sorted(p.name for p in site.iterdir()) == ["gallery"]
+
+
+def test_only_our_own_idle_leftovers_are_removed(tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, [4, 0, 8, 2, 6, 3], 3, 3)
+    site = tmp_path / "site"
+    site.mkdir()
+    kept = {
+        ".gallery.a1b2c3d4.tmp": "no marker: not known to be ours",
+        ".gallery.e5f6g7h8.tmp": "a marker a live render holds",
+        ".gallery.linked_x.tmp": "a link, even to a folder of ours",
+        ".other.a1b2c3d4.tmp": "another page's",
+        ".gallery.a1b2c3d4.bak": "not a name we give",
+    }
+    for name in kept:
+        if "link" not in name:
+            (site / name).mkdir()
+    (site / ".gallery.a1b2c3d4.tmp" / "notes.txt").write_text("the user's")
+    (site / ".gallery.e5f6g7h8.tmp" / web.MARKER).write_text("")
+    (site / ".other.a1b2c3d4.tmp" / web.MARKER).write_text("")
+    (site / ".gallery.a1b2c3d4.bak" / web.MARKER).write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / web.MARKER).write_text("")
+    (site / ".gallery.linked_x.tmp").symlink_to(elsewhere)
+    live = os.open(site / ".gallery.e5f6g7h8.tmp" / web.MARKER, os.O_RDONLY)
+    try:
+        fcntl.flock(live, fcntl.LOCK_EX)
+        render.run(work, site / "gallery.html", tile_px=20, progress=False)
+    finally:
+        os.close(live)
+    assert sorted(p.name for p in site.iterdir()) == sorted([*kept, "gallery"])
+    assert (elsewhere / web.MARKER).exists()
