@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from gridtsne.options import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS
-from gridtsne.workdir import sha256_file
+from gridtsne.workdir import NotRegularFile, sha256_file
 
 try:  # HEIC/HEIF (and AVIF on older Pillow) where the optional plugin is installed.
     from pillow_heif import register_heif_opener
@@ -72,6 +73,10 @@ def find_images(
     tried once and the other name is skipped as a duplicate. ``exclude`` keeps
     out files and folders that gridtsne writes itself (the mosaic, a web page's
     folder) when they are written into the folder of photos.
+
+    What is never opened is skipped with a reason: anything but a regular file
+    (a FIFO would block the run), and a path that is not valid UTF-8, which
+    ``images.json`` could not name; that one is reported under ``shown_path``.
     """
     wanted = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
     excluded = {Path(path).resolve() for path in exclude}
@@ -80,26 +85,35 @@ def find_images(
     found = Found()
 
     def consider(path: Path) -> None:
-        real = path.resolve()
-        if real in excluded or path in looked_at:
+        if path in looked_at:
             return
         looked_at.add(path)
+        reason = _refusal(path)
+        if reason:  # and not resolved: resolve() raises on a symlink loop
+            found.skipped.append((shown_path(path), reason))
+            return
+        real = path.resolve()
+        if real in excluded:
+            return
         if real in first_name:
             found.skipped.append((path, f"duplicate: same file as {first_name[real]}"))
         else:
             first_name[real] = path
             found.files.append(path)
 
+    def unlistable(error: OSError) -> None:
+        found.skipped.append((shown_path(error.filename), f"unreadable: {error.strerror} (a folder)"))
+
     walked: set[tuple[int, int]] = set()
     for given in paths:
         root = Path(os.path.abspath(given))
         if root.is_dir():
-            for folder, subfolders, names in os.walk(root, followlinks=True):
-                stat = os.stat(folder)
-                if (stat.st_dev, stat.st_ino) in walked:
+            for folder, subfolders, names in os.walk(root, onerror=unlistable, followlinks=True):
+                folder_stat = os.stat(folder)
+                if (folder_stat.st_dev, folder_stat.st_ino) in walked:
                     subfolders[:] = []
                     continue
-                walked.add((stat.st_dev, stat.st_ino))
+                walked.add((folder_stat.st_dev, folder_stat.st_ino))
                 subfolders[:] = sorted(
                     d
                     for d in subfolders
@@ -108,33 +122,77 @@ def find_images(
                 for name in sorted(names):
                     path = Path(folder) / name
                     if (hidden or not name.startswith(".")) and path.suffix.lower() in wanted:
-                        if path.is_file():
-                            consider(path)
-                        elif path.is_symlink():
-                            found.skipped.append((path, "missing: broken symbolic link"))
-        elif root.is_file():
-            consider(root)
-        elif root.is_symlink():
-            found.skipped.append((root, "missing: broken symbolic link"))
+                        consider(path)
         else:
-            found.skipped.append((root, "missing: no such file or folder"))
+            consider(root)
     found.files.sort()
     return found
+
+
+def shown_path(path: str | os.PathLike) -> Path:
+    """``path`` with any bytes that are not UTF-8 written as ``\\xNN``: printable, storable in JSON.
+
+    Only for naming a file in a message or in ``images.json``'s skipped list; it
+    does not round-trip to the file.
+    """
+    return Path(os.fsencode(path).decode("utf-8", "backslashreplace"))
+
+
+def _refusal(path: Path) -> str | None:
+    """Why ``path`` is not even opened, or None when it is a regular file with a usable name."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "bad file name: not valid UTF-8 (rename the file to include it)"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if os.path.islink(path):
+            return "missing: broken symbolic link"
+        if isinstance(error, FileNotFoundError):
+            return "missing: no such file or folder"
+        return f"unreadable: {error.strerror or error}"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file: {describe_file_type(mode)}"
+    return None
+
+
+def describe_file_type(mode: int) -> str:
+    """What a non-regular file is, in words, from its ``st_mode``."""
+    for test, words in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return words
+    return "a special file"
 
 
 def fingerprint(files: Iterable[Path]) -> str:
     """A cheap digest of names, sizes and modification times, to notice changes."""
     digest = hashlib.sha256()
     for path in files:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            file_stat = path.stat()
+            digest.update(os.fsencode(path) + f"\0{file_stat.st_size}\0{file_stat.st_mtime_ns}\n".encode())
+        except OSError:  # gone since it was found: that is a change too
+            digest.update(os.fsencode(path) + b"\0gone\n")
     return digest.hexdigest()
 
 
 def content_hash(path: Path) -> str:
-    """SHA-256 of a file, read in blocks so that memory stays small."""
+    """SHA-256 of a regular file, read in blocks so that memory stays small.
+
+    Anything else is refused before a byte is read: opening without blocking
+    means a FIFO put in a photo's place cannot stall the run.
+    """
     try:
         return sha256_file(path)
+    except NotRegularFile as error:
+        raise UnreadableImage("not a regular file", describe_file_type(error.mode)) from None
     except OSError as error:
         raise UnreadableImage("unreadable", error.strerror or str(error)) from None
 
@@ -223,5 +281,6 @@ def open_image(
         raise UnreadableImage("unreadable", error.strerror or str(error)) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as error:
         detail = str(error) or type(error).__name__
-        kind = "truncated" if "truncated" in detail or isinstance(error, EOFError) else "corrupt"
+        # Pillow says "image file is truncated" or "Truncated File Read", depending on where it stopped.
+        kind = "truncated" if "truncated" in detail.lower() or isinstance(error, EOFError) else "corrupt"
         raise UnreadableImage(kind, detail) from None

@@ -3,8 +3,15 @@
 A tile is made from the source file at the size needed (JPEG ``draft``
 decoding plus Pillow's ``reducing_gap``, so a 4000 px photo is never decoded
 at full size for a 32 px tile) and cached in the work directory, keyed by the
-photo's content hash from ``images.json``, the tile size and the fit. A new
-layout at the same tile size therefore decodes no photo again.
+photo's content hash, the tile size and the fit. A new layout at the same tile
+size therefore decodes no photo again.
+
+The key is the content of the photo as it is now, as for the embedding cache:
+a photo rewritten since embed, even at the same size, is drawn as it is now. A
+cached tile records the (path, size, modification time) of the files it was
+checked against, so an unchanged photo is not even read again. Tiles are
+cached losslessly (PNG), so a render from the cache is the same picture, byte
+for byte, as the render that filled it.
 
 How a photo fills its square tile is a choice among a few small functions
 behind one name (``FITS``). "pad" tiles are made and cached without their
@@ -16,22 +23,29 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import stat
 import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from gridtsne import images as imagelib
 
 #: Where tiles are cached, inside the work directory.
 CACHE_DIRNAME = "thumbs"
 
-#: Cached tiles are JPEG at this quality with full-resolution colour: no visible loss, a few KB each.
-CACHE_QUALITY = 95
+#: Cached tiles are PNG, lossless; the lowest compression is the quickest and still halves the size.
+CACHE_COMPRESS_LEVEL = 1
+
+#: The PNG text entry that lists the [path, bytes, mtime_ns] of files known to have a tile's content.
+STAMPS_KEY = "gridtsne-stamps"
+#: How many such files one tile remembers (copies of one photo under several names).
+MAX_STAMPS = 16
 
 
 def _crop(image: Image.Image, tile_px: int) -> Image.Image:
@@ -76,50 +90,80 @@ class Tiles:
         self.cached = 0  # tiles read from the cache
         self._count_lock = threading.Lock()
 
-    def _cache_path(self, entry: dict) -> Path | None:
-        sha = entry.get("sha256")
-        if self.folder is None or not sha:
-            return None
-        # JPEG inside, but not named .jpg: a work directory inside the photo folder
+    def _cache_path(self, sha: str) -> Path:
+        # PNG inside, but not named .png: a work directory inside the photo folder
         # must not have its cache taken for photos by the next embed.
         return self.folder / sha[:2] / f"{sha}.tile"
 
     def tile(self, entry: dict) -> Image.Image:
-        """The tile of one ``images.json`` entry; raises ``UnreadableImage``.
+        """The tile of one ``images.json`` entry, as the photo is now; raises ``UnreadableImage``.
 
-        The cache is used only while the photo is still there, its size unchanged:
-        a photo gone since embed is reported, not drawn from memory.
+        A photo gone since embed is reported, not drawn from memory; one
+        rewritten since is drawn as it is now.
         """
+        path = Path(entry["path"])
         try:
-            unchanged = Path(entry["path"]).stat().st_size == entry.get("bytes")
+            file_stat = os.stat(path)
         except OSError:
-            unchanged = False  # open_image below says why
-        cached = self._cache_path(entry) if unchanged else None
-        if cached is not None:
-            try:
-                with Image.open(cached) as image:
-                    tile = image.convert("RGB")
-                with self._count_lock:
-                    self.cached += 1
-                return tile
-            except (OSError, ValueError, SyntaxError):
-                pass  # not cached yet, or a damaged entry: make it again
-        image, _ = imagelib.open_image(Path(entry["path"]), draft_px=self.tile_px)
+            file_stat = None  # open_image below says why
+        if file_stat is not None and not stat.S_ISREG(file_stat.st_mode):  # a FIFO would block open()
+            raise imagelib.UnreadableImage(
+                "not a regular file", imagelib.describe_file_type(file_stat.st_mode)
+            )
+        if file_stat is None or self.folder is None:
+            return self._make(path)
+        stamp = [str(path), file_stat.st_size, file_stat.st_mtime_ns]
+        sha_at_embed = entry.get("sha256")
+        tile, stamps = None, []
+        if sha_at_embed:
+            tile, stamps = self._load(sha_at_embed)
+            if tile is not None and stamp in stamps:  # this very file was checked before: not read again
+                return self._count_cached(tile)
+        sha = imagelib.content_hash(path)
+        if sha != sha_at_embed:
+            tile, stamps = self._load(sha)
+        if tile is not None:
+            if stamp not in stamps:
+                self._store(sha, tile, stamps + [stamp])
+            return self._count_cached(tile)
+        tile = self._make(path)
+        self._store(sha, tile, [stamp])
+        return tile
+
+    def _make(self, path: Path) -> Image.Image:
+        image, _ = imagelib.open_image(path, draft_px=self.tile_px)
         tile = make_tile(image, self.tile_px, self.fit)
         with self._count_lock:
             self.decoded += 1
-        if cached is not None:
-            self._store(cached, tile)
         return tile
 
-    @staticmethod
-    def _store(path: Path, tile: Image.Image) -> None:
+    def _count_cached(self, tile: Image.Image) -> Image.Image:
+        with self._count_lock:
+            self.cached += 1
+        return tile
+
+    def _load(self, sha: str) -> tuple[Image.Image | None, list]:
+        """The cached tile of this content and the stamps of the files checked against it."""
+        try:
+            with Image.open(self._cache_path(sha)) as image:
+                if image.format != "PNG":  # from a version that cached lossy JPEG: make it again
+                    return None, []
+                tile = image.convert("RGB")
+                stamps = json.loads(image.info.get(STAMPS_KEY, "[]"))
+            return tile, [s for s in stamps if isinstance(s, list)] if isinstance(stamps, list) else []
+        except (OSError, ValueError, SyntaxError):
+            return None, []  # not cached yet, or a damaged entry: make it again
+
+    def _store(self, sha: str, tile: Image.Image, stamps: list) -> None:
         # A cache entry, not an artifact: rename for atomicity, but no fsync per tile.
+        path = self._cache_path(sha)
+        info = PngImagePlugin.PngInfo()
+        info.add_text(STAMPS_KEY, json.dumps(stamps[-MAX_STAMPS:]))
         buffer = io.BytesIO()
-        tile.save(buffer, format="JPEG", quality=CACHE_QUALITY, subsampling=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        tile.save(buffer, format="PNG", compress_level=CACHE_COMPRESS_LEVEL, pnginfo=info)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(buffer)}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(buffer.getvalue())
             os.replace(tmp, path)
         except OSError:  # a full or read-only disk costs the cache, not the render

@@ -13,14 +13,20 @@
 
 The pyramid is built from the strips of the mosaic as they are made, each
 level fed by the one below, so memory holds a few strips, not the picture.
-The folder is built beside its final place and renamed into place.
+The folder is built beside its final place and renamed into place. A render
+killed meanwhile leaves its hidden ``.NAME.*.tmp`` folder behind; the next
+render of that page removes it, knowing it by the marker file inside, which
+its builder holds locked while it works.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -146,8 +152,12 @@ class WebWriter:
                 f"{folder} exists and is not a page gridtsne wrote: remove it or name another .html file"
             )
         folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_builds(folder)
         building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        claim = None
         try:
+            (building / MARKER).write_text("written by gridtsne render; replaced by the next one\n")
+            claim = _hold(building / MARKER)  # until the end: a render meanwhile sees this one is alive
             pyramid = Pyramid(building / "tiles", mosaic.width, mosaic.height, self.quality)
             for strip in mosaic.strips(PYRAMID_TILE_PX):
                 pyramid.add(strip)
@@ -158,12 +168,14 @@ class WebWriter:
             )
             page = TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", folder.name)
             (building / "index.html").write_text(page, encoding="utf-8")
-            (building / MARKER).write_text("written by gridtsne render; replaced by the next one\n")
             os.chmod(building, 0o755)
             _replace_folder(building, folder)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
+        finally:
+            if claim is not None:
+                os.close(claim)
         return {"page": folder / "index.html", "data": folder / "data.js"}
 
 
@@ -176,3 +188,48 @@ def _replace_folder(new: Path, folder: Path) -> None:
     os.replace(new, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_builds(folder: Path) -> None:
+    """Remove what killed renders of this page left beside it, and nothing else.
+
+    That is a hidden folder named as ``save`` names its temporary folders
+    (``.NAME.*.tmp`` being built, ``.NAME.*.old`` an old page on its way out),
+    not a link, holding a page marker that no live render holds locked.
+    """
+    ours = re.compile(rf"\.{re.escape(folder.name)}\.[A-Za-z0-9_]+\.(tmp|old)")
+    try:
+        entries = list(os.scandir(folder.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = ours.fullmatch(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        leftover = Path(entry.path)
+        marker = leftover / MARKER if match.group(1) == "tmp" else leftover / folder.name / MARKER
+        try:
+            held = _hold(marker, wait=False)
+        except OSError:
+            continue  # no marker, a link, or a live render's: not ours to remove
+        try:
+            shutil.rmtree(leftover, ignore_errors=True)
+        finally:
+            os.close(held)
+
+
+def _hold(marker: Path, wait: bool = True) -> int:
+    """An exclusive ``flock`` on a page marker; the descriptor holds it until closed.
+
+    Raises OSError when the marker is missing, not a regular file (a link is
+    not followed), or with ``wait=False`` held by another process.
+    """
+    fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{marker} is not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,9 +89,25 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
+class NotRegularFile(OSError):
+    """A FIFO, socket or device where a file was expected; ``mode`` says which."""
+
+    def __init__(self, path: str | os.PathLike, mode: int):
+        super().__init__(f"{path} is not a regular file")
+        self.mode = mode
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in blocks so that memory stays small."""
-    with open(path, "rb") as handle:
+    """SHA-256 of a regular file's bytes, read in blocks so that memory stays small.
+
+    Anything else is refused (``NotRegularFile``) before a byte is read: opening
+    without blocking means a FIFO put in a file's place cannot stall the run.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
@@ -317,9 +334,10 @@ class Workdir:
     def lock(self):
         """Keep two gridtsne processes from writing the same work directory."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as handle:
+        fd = open_lock_file(self.path / ".lock")
+        try:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StageError(
                     f"another gridtsne is working in {self.path}; wait for it to finish"
@@ -327,4 +345,29 @@ class Workdir:
             try:
                 yield self
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def open_lock_file(path: Path) -> int:
+    """A file descriptor for ``flock`` on ``path``, created if need be, never truncated.
+
+    A link there is refused rather than followed: the lock must not write to,
+    or even create, a file elsewhere.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as error:
+        if os.path.islink(path):
+            raise StageError(
+                f"{path} is a symbolic link, not gridtsne's lock file: remove the link"
+            ) from None
+        raise StageError(
+            f"cannot open the lock file {path} ({error.strerror}): use a folder you can write to"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StageError(f"{path} is not a regular file, so not gridtsne's lock file: remove it")
+    return fd
