@@ -30,6 +30,8 @@ from gridtsne.stage import Context
 from gridtsne.workdir import ENV_VAR, Workdir, default_workdir
 
 MAX_SKIPS_LISTED = 10
+#: Set to show the Python traceback of an unexpected error instead of one line.
+DEBUG_VAR = "GRIDTSNE_DEBUG"
 
 
 def flag_of(name: str) -> str:
@@ -175,6 +177,13 @@ def reports_errors(command):
         except MemoryError:
             raise click.ClickException(
                 "out of memory: try a smaller --tile, --batch-size or --jobs"
+            ) from None
+        except Exception as error:  # a bug: one line for the user, the traceback on request
+            if os.environ.get(DEBUG_VAR):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(error).__name__}: {error}. This is a bug in gridtsne; "
+                f"rerun with {DEBUG_VAR}=1 to see where, and report it"
             ) from None
 
     return wrapper

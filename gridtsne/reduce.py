@@ -142,7 +142,12 @@ def import_embeddings(
         raise StageError(f"{vectors_path} holds NaN or infinite values")
     images = None
     if paths_file is not None:
-        lines = [line.strip() for line in Path(paths_file).read_text(encoding="utf-8").splitlines()]
+        try:
+            lines = [line.strip() for line in Path(paths_file).read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as error:
+            raise StageError(
+                f"{paths_file} is not UTF-8 text (byte {error.start}): give one path a line, in UTF-8"
+            ) from None
         paths = [line for line in lines if line]
         if len(paths) != len(vectors):
             raise StageError(

@@ -190,6 +190,27 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+#: Bytes a render holds per pixel of one full-width strip: the row of tiles being pasted,
+#: the strip handed to the writer, and the writer's own copy of it.
+STRIP_BYTES_PER_PIXEL = 12
+#: The tallest strip a writer asks for (the web page's pyramid tiles).
+TALLEST_STRIP_PX = 256
+
+
+def check_strip_memory(mosaic: Mosaic) -> None:
+    """Refuse, before any photo is decoded, a mosaic whose rows alone would not fit in memory
+    (a huge --tile or --gap on many columns): memory holds a few full-width strips at once."""
+    strip_px = mosaic.width * max(mosaic.pitch_px, TALLEST_STRIP_PX)
+    needed, available = strip_px * STRIP_BYTES_PER_PIXEL, available_memory_bytes()
+    if available is not None and needed > 0.5 * available:
+        raise OptionMismatch(
+            "tile",
+            f"one row of the {mosaic.width:,} px wide mosaic needs {needed / 2**30:.1f} GiB of memory "
+            f"and {available / 2**30:.1f} GiB are free: use a smaller {{tile}} or {{gap}}, or a taller "
+            "{aspect}",
+        )
+
+
 class PillowWriter:
     """JPEG, WebP, TIFF: Pillow encodes the whole picture, so it is built in memory first."""
 
@@ -252,6 +273,8 @@ class PngWriter:
 
     name = "png"
     largest_side = 2**31 - 1
+    #: Samples (pixels x 3) filtered in one go.
+    FILTER_SAMPLES = 1 << 20
 
     def __init__(self, compress_level: int = 6):
         self.compress_level = compress_level
@@ -270,12 +293,16 @@ class PngWriter:
         handle.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
         compressor = zlib.compressobj(self.compress_level)
         above = np.zeros(width * 3, dtype=np.uint8)
+        # The filter makes a dozen temporary copies: a few rows at a time keeps them small.
+        rows_at_once = max(1, self.FILTER_SAMPLES // (width * 3))
         for strip in strips:
             pixels = np.asarray(strip, dtype=np.uint8).reshape(strip.height, width * 3)
-            data = compressor.compress(paeth_filtered(pixels, above))
-            above = pixels[-1]
-            if data:
-                handle.write(_png_chunk(b"IDAT", data))
+            for start in range(0, len(pixels), rows_at_once):
+                rows = pixels[start : start + rows_at_once]
+                data = compressor.compress(paeth_filtered(rows, above))
+                above = rows[-1]
+                if data:
+                    handle.write(_png_chunk(b"IDAT", data))
         handle.write(_png_chunk(b"IDAT", compressor.flush()))
         handle.write(_png_chunk(b"IEND", b""))
 
@@ -386,6 +413,7 @@ class RenderStage(Stage):
                         background=parse_colour(options.background), jobs=context.jobs,
                         progress=context.progress)  # fmt: skip
         writer.check(mosaic.width, mosaic.height)
+        check_strip_memory(mosaic)
         written = writer.save(mosaic, context.stdout if to_stdout else output)
         if "output" in written:
             workdir.remember_written([written["output"]])

@@ -17,6 +17,7 @@ import os
 import stat
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,10 @@ def default_workdir(output: str | os.PathLike | None = None) -> Path:
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write through a temporary file in the same folder, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # a read-only or full folder
+        raise OSError(error.errno, error.strerror or str(error), str(path.parent)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -70,9 +74,12 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(error, OSError) and error.filename in (None, tmp_name):
+            # Name the file the user knows (a full disk while writing coords.npy), not the temporary one.
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         raise
 
 
@@ -156,7 +163,7 @@ class Workdir:
         path = self.require(name)
         try:
             array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise self._damaged(name, f"unreadable: {error}") from None
         if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
             array.close()

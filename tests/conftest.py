@@ -44,6 +44,7 @@ def cli(monkeypatch):
     from gridtsne.cli import main
 
     monkeypatch.delenv("GRIDTSNE_WORKDIR", raising=False)
+    monkeypatch.setenv("GRIDTSNE_DEBUG", "1")  # a bug raises in the test instead of becoming one line
     runner = CliRunner()
 
     def invoke(*args):
