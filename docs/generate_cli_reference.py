@@ -48,6 +48,7 @@ def reference() -> str:
         "# Command-line reference",
         "",
         "Each command's `--help`, as printed at a terminal width of 100 columns.",
+        "[usage.md](usage.md) explains the commands at more length, with examples.",
         "",
     ]
     lines += [f"- [`{path}`](#{path.replace(' ', '-')})" for path, _ in sections]
