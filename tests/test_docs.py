@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-PAGES = [REPO / "README.md"]
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 def load_generator():
