@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format test-min clean
+.PHONY: demo test lint format docs test-min clean
 
 $(BIN)/gridtsne: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(BIN)/gridtsne
 format: $(BIN)/gridtsne
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# docs/cli.md from the --help of every command; tests/test_docs.py fails when it is stale.
+docs: $(BIN)/gridtsne
+	$(BIN)/python docs/generate_cli_reference.py
 
 # The same tests against the oldest dependency versions pyproject.toml allows.
 test-min:
