@@ -187,7 +187,7 @@ def occupants(cell_of_point: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 #: The solvers by name; "auto" picks exact up to EXACT_MAX_CELLS cells.
 SOLVERS = {"exact": ExactSolver, "blocks": BlocksSolver}
-#: Exact assignment above this many cells costs more than seconds (scipy: 0.7 s at 1,024, 4 s at 2,048).
+#: Exact assignment above this many cells costs more than seconds (docs/benchmarks.md).
 EXACT_MAX_CELLS = 2048
 
 

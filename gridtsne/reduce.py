@@ -31,8 +31,8 @@ from gridtsne.workdir import COORDS, EMBEDDINGS, IMAGES, Workdir, save_json, sav
 MIN_TSNE_POINTS = 5
 #: Dimensions kept by PCA before t-SNE (openTSNE's and scikit-learn's advice: ~50).
 PCA_DIMS = ReduceOptions.default("pca_dims")
-#: t-SNE threads (on a quiet 2-core machine, 1.9 s against 2.8 s for one
-#: thread at 1,024, the same DPQ_16). openTSNE's map depends on the thread
+#: t-SNE threads (faster than one on 2 cores, the same DPQ_16: docs/benchmarks.md).
+#: openTSNE's map depends on the thread
 #: count (its gradient sums are split between threads), so the count is fixed,
 #: never taken from the machine: the same inputs and seed give the same map anywhere.
 TSNE_JOBS = 2

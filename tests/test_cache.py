@@ -139,7 +139,8 @@ UNREADABLE = {
 def test_an_unreadable_chunk_counts_as_missing(tmp_path, damage):
     cache = EmbeddingCache(tmp_path, KEY)
     cache.add([record("good")])
-    (tmp_path / KEY / "chunk-damaged.npz").write_bytes(UNREADABLE[damage])
+    # Named to be read last: the first chunk read sets the vector length the others must have.
+    (tmp_path / KEY / "chunk-~damaged.npz").write_bytes(UNREADABLE[damage])
     reloaded = EmbeddingCache(tmp_path, KEY)
     assert set(reloaded.by_sha) == {"good"}
     reloaded.add([record("more")])
