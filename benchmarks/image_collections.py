@@ -519,6 +519,11 @@ def _encoded(image: Image.Image, data: bytes) -> tuple[bytes, str, str]:
     return out.getvalue(), ".jpg", note
 
 
+def _commit() -> str:
+    done = _run(["git", "rev-parse", "--short", "HEAD"], Path(__file__).resolve().parent)
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.")[:100] or "image"
 
@@ -597,7 +602,7 @@ def build(collection: Collection, out: Path, cache: Path, max_images: int | None
             "max_images": max_images,
         },
         "counts": {"candidates": candidates, "images": len(files), "skipped": dict(sorted(skipped.items()))},
-        "built_by": "benchmarks/image_collections.py",
+        "built_by": f"benchmarks/image_collections.py at commit {_commit()}",
         "seconds": round(time.perf_counter() - started, 1),
         "re_encoded": notes,
         "dropped": dict(sorted(dropped.items())),
