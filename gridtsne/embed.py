@@ -199,9 +199,13 @@ def embed_arrays(model: Model, arrays: Sequence[np.ndarray]) -> np.ndarray:
     return model(np.stack(arrays))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
-    """One input file on its way through the pipeline."""
+    """One input file on its way through the pipeline.
+
+    ``array`` (the model's input, 600 KB) is held only until its batch is
+    embedded; what is left is the record of the file, kept for every file.
+    """
 
     path: Path
     bytes: int = 0
@@ -209,6 +213,7 @@ class _Item:
     sha256: str = ""
     size: tuple[int, int] = (0, 0)
     array: np.ndarray | None = None
+    computed: bool = False
     reason: str = ""
 
 
@@ -353,7 +358,7 @@ def run(
             }
         )
         vectors.append(record.vector)
-    computed = sum(item.array is not None for item in outcome)
+    computed = sum(item.computed for item in outcome)
     results = {
         "embedded": len(embedded),
         "computed": computed,
@@ -419,6 +424,8 @@ def _embed_files(
                     and cache.sha_of_unchanged(str(item.path), item.bytes, item.mtime_ns) is None
                 ]
                 cache.add(records)
+                for item in fresh:
+                    item.array, item.computed = None, True
                 computed += len(fresh)
                 outcome.extend(batch)
                 bar.update(len(batch))
