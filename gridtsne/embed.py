@@ -75,14 +75,27 @@ class Preprocessing:
             raise StageError(f"cannot read preprocessing from {path}: {error}") from None
 
 
+#: Crop before scaling when scaling the whole picture would make more than this many crops'
+#: worth of pixels (an aspect beyond about 12:1 with the shipped model): a 16 x 100,000
+#: strip would otherwise become 256 x 1,600,000 pixels before its centre is cut out.
+CROP_FIRST_ABOVE = 16
+
+
 def preprocess(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """An RGB picture -> a 3 x crop x crop float32 array, ready for the model."""
     scale = prep.resize_short_side / min(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    image = image.resize(size, Image.BICUBIC)
-    left = (image.width - prep.crop_size) // 2
-    top = (image.height - prep.crop_size) // 2
-    image = image.crop((left, top, left + prep.crop_size, top + prep.crop_size))
+    left = (size[0] - prep.crop_size) // 2
+    top = (size[1] - prep.crop_size) // 2
+    if size[0] * size[1] > CROP_FIRST_ABOVE * prep.crop_size**2 and min(left, top) >= 0:
+        # Only the centre is scaled: the region the else branch keeps, to within a few grey levels.
+        crop = prep.crop_size
+        x_scale, y_scale = image.width / size[0], image.height / size[1]
+        box = (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
+        image = image.resize((crop, crop), Image.BICUBIC, box=box)
+    else:
+        image = image.resize(size, Image.BICUBIC)
+        image = image.crop((left, top, left + prep.crop_size, top + prep.crop_size))
     pixels = np.asarray(image, dtype=np.float32)
     pixels = (pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
