@@ -248,6 +248,9 @@ def _prepare(path: Path, cache: EmbeddingCache, prep: Preprocessing, max_pixels:
         item.reason = str(error)
     except FileNotFoundError:
         item.reason = "missing: the file disappeared"
+    except MemoryError:  # one picture too large for what is free now must not end the run
+        item.array = None
+        item.reason = "too large: out of memory preparing it for the model"
     return item
 
 

@@ -1,11 +1,14 @@
 """Memory while embedding: bounded by the work in flight, never by N, and by what one picture needs."""
 
+import json
+import struct
 import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from gridtsne import embed
 from gridtsne import images as imagelib
@@ -122,3 +125,88 @@ def test_cropping_first_keeps_what_the_model_sees_of_a_wide_picture(monkeypatch)
     monkeypatch.setattr(embed, "CROP_FIRST_ABOVE", 10**9)
     scaled_whole = embed.preprocess(wide, prep)
     assert np.abs(cropped_first - scaled_whole).max() <= 4 / 128
+
+
+def test_a_picture_whose_conversion_would_copy_hundreds_of_mb_is_shrunk_first(tmp_path, monkeypatch):
+    """Scaled down: over the threshold, an RGBA picture costs its decoded buffer and little more."""
+    photo = Image.open(DATA / "chelsea.png").convert("RGBA").resize((451 * 4, 300 * 4), Image.BICUBIC)
+    photo.putalpha(Image.linear_gradient("L").resize(photo.size))
+    exif = Image.Exif()
+    exif[imagelib.ORIENTATION_TAG] = 6  # upright is 1200 x 1804
+    path = tmp_path / "big.png"
+    photo.save(path, compress_level=1, exif=exif.tobytes())
+    decoded = 1804 * 1200 * 4
+
+    as_is, _ = imagelib.open_image(path)  # below the threshold: converted at full size
+    monkeypatch.setattr(imagelib, "SHRINK_ABOVE_BYTES", 1 * MB)
+    monkeypatch.setattr(imagelib, "STRIP_PIXELS", 2**16)
+    (shrunk, size), grown = peak_rss_growth(lambda: imagelib.open_image(path, draft_px=256))
+
+    assert size == (1200, 1804) and shrunk.mode == "RGB"
+    assert shrunk.size == (600, 902)  # a whole factor, 2, that leaves the short side >= 2 x 256
+    assert grown < 1.5 * decoded, f"{grown / MB:.0f} MB for a {decoded / MB:.0f} MB picture"
+    prep = embed.Preprocessing()
+    difference = np.abs(embed.preprocess(shrunk, prep) - embed.preprocess(as_is, prep))
+    assert difference.mean() < 1 / 128
+
+
+def header_only_png(width, height, colour_type):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_a_picture_whose_decoding_would_take_more_than_the_limit_is_refused_unread(tmp_path):
+    """100 megapixels of RGBA is under the pixel limit, but as it is it takes 1.5 GB to turn into RGB."""
+    path = tmp_path / "rgba.png"
+    path.write_bytes(header_only_png(10_000, 10_000, colour_type=6))
+
+    with pytest.raises(imagelib.UnreadableImage, match=r"too large: decoding 10000 x 10000 pixels \(RGBA\)"):
+        imagelib.open_image(path)
+    # Shrunk as it is decoded, it fits: this file then fails only for having no pixels.
+    with pytest.raises(imagelib.UnreadableImage) as failed:
+        imagelib.open_image(path, draft_px=256)
+    assert failed.value.kind != "too large"
+
+
+def test_running_out_of_memory_decoding_one_file_is_a_skip(tmp_path, monkeypatch):
+    photos = tiny_images(tmp_path / "photos", 3)
+    load = ImageFile.ImageFile.load
+
+    def load_or_fail(image):
+        if str(getattr(image.fp, "name", "")).endswith("001.png"):
+            raise MemoryError
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load_or_fail)
+    with pytest.raises(imagelib.UnreadableImage, match="too large: out of memory decoding 24 x 20 pixels"):
+        imagelib.open_image(photos / "001.png")
+
+    summary = embed.run(Workdir(tmp_path / "work"), [photos], model=FakeModel(), progress=False)
+    assert summary["embedded"] == 2 and summary["skipped_by_reason"] == {"too large": 1}
+
+
+def test_running_out_of_memory_preparing_one_file_is_a_skip_not_the_end_of_the_run(tmp_path, monkeypatch):
+    photos = tiny_images(tmp_path / "photos", 5)
+    prepare = embed.preprocess
+
+    def prepare_or_fail(image, prep):
+        if image.getpixel((0, 0)) == Image.open(photos / "002.png").convert("RGB").getpixel((0, 0)):
+            raise MemoryError
+        return prepare(image, prep)
+
+    monkeypatch.setattr(embed, "preprocess", prepare_or_fail)
+    embed.run(Workdir(tmp_path / "work"), [photos], model=FakeModel(), progress=False)
+
+    listing = json.loads((tmp_path / "work" / "images.json").read_text())
+    assert [Path(entry["path"]).name for entry in listing["images"]] == [
+        "000.png",
+        "001.png",
+        "003.png",
+        "004.png",
+    ]
+    assert [(Path(s["path"]).name, s["reason"].split(":")[0]) for s in listing["skipped"]] == [
+        ("002.png", "too large")
+    ]
