@@ -125,6 +125,10 @@ def _rss_kib(pid: int) -> int:
 def measure(args: list[str], workdir: Path | None = None) -> dict:
     """Run one gridtsne command; its exit code, seconds, peak RSS (MiB), stdout, stderr.
 
+    Linux carries a process's peak RSS across exec, so the child's ru_maxrss
+    is at least this process's own peak: keep this one small (the images are
+    made in worker processes).
+
     With ``workdir``, also the peak RSS sampled during each stage: a stage
     counts as running from the end of the one before until its manifest
     (``WORK/<stage>.json``) appears.
