@@ -63,14 +63,27 @@ class Preprocessing:
             raise OptionMismatch("preprocess", f"cannot read preprocessing from {path}: {error}") from None
 
 
+#: Crop before scaling when scaling the whole picture would make more than this many crops'
+#: worth of pixels (an aspect beyond about 12:1 with the shipped model): a 16 x 100,000
+#: strip would otherwise become 256 x 1,600,000 pixels before its centre is cut out.
+CROP_FIRST_ABOVE = 16
+
+
 def preprocess(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """An RGB picture -> a 3 x crop x crop float32 array, ready for the model."""
     scale = prep.resize_short_side / min(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    image = image.resize(size, Image.BICUBIC)
-    left = (image.width - prep.crop_size) // 2
-    top = (image.height - prep.crop_size) // 2
-    image = image.crop((left, top, left + prep.crop_size, top + prep.crop_size))
+    left = (size[0] - prep.crop_size) // 2
+    top = (size[1] - prep.crop_size) // 2
+    if size[0] * size[1] > CROP_FIRST_ABOVE * prep.crop_size**2 and min(left, top) >= 0:
+        # Only the centre is scaled: the region the else branch keeps, to within a few grey levels.
+        crop = prep.crop_size
+        x_scale, y_scale = image.width / size[0], image.height / size[1]
+        box = (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
+        image = image.resize((crop, crop), Image.BICUBIC, box=box)
+    else:
+        image = image.resize(size, Image.BICUBIC)
+        image = image.crop((left, top, left + prep.crop_size, top + prep.crop_size))
     pixels = np.asarray(image, dtype=np.float32)
     pixels = (pixels - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
@@ -203,9 +216,13 @@ def embed_arrays(model: Model, arrays: Sequence[np.ndarray]) -> np.ndarray:
     return model(np.stack(arrays))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
-    """One input file on its way through the pipeline."""
+    """One input file on its way through the pipeline.
+
+    ``array`` (the model's input, 600 KB) is held only until its batch is
+    embedded; what is left is the record of the file, kept for every file.
+    """
 
     path: Path
     bytes: int = 0
@@ -213,6 +230,7 @@ class _Item:
     sha256: str = ""
     size: tuple[int, int] = (0, 0)
     array: np.ndarray | None = None
+    computed: bool = False
     reason: str = ""
 
 
@@ -234,6 +252,9 @@ def _prepare(path: Path, cache: EmbeddingCache, prep: Preprocessing, max_pixels:
         item.reason = str(error)
     except FileNotFoundError:
         item.reason = "missing: the file disappeared"
+    except MemoryError:  # one picture too large for what is free now must not end the run
+        item.array = None
+        item.reason = "too large: out of memory preparing it for the model"
     return item
 
 
@@ -373,7 +394,7 @@ def _embed_found(workdir: Workdir, options: EmbedOptions, context: Context, mode
         embedded.append({"path": str(item.path), "bytes": item.bytes, "sha256": item.sha256,
                          "width": record.width, "height": record.height})  # fmt: skip
         vectors.append(record.vector)
-    computed = sum(item.array is not None for item in outcome)
+    computed = sum(item.computed for item in outcome)
     results = {
         "embedded": len(embedded),
         "computed": computed,
@@ -419,6 +440,8 @@ def _embed_files(
                     and cache.sha_of_unchanged(str(item.path), item.bytes, item.mtime_ns) is None
                 ]
                 cache.add(records)
+                for item in fresh:
+                    item.array, item.computed = None, True
                 computed += len(fresh)
                 outcome.extend(batch)
                 bar.update(len(batch))

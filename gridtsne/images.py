@@ -7,16 +7,19 @@ reason of the form ``"kind: detail"``; the caller records it in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from gridtsne.options import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS
 from gridtsne.workdir import NotRegularFile, sha256_file
@@ -34,6 +37,42 @@ ORIENTATION_TAG = 0x0112
 
 #: Below this, a CNN sees little more than a blur.
 MIN_SIDE_PX = 16
+
+#: The most one decode may allocate, every buffer counted: the decoded picture
+#: at its mode's bytes per pixel, and the copies that turn it into RGB.
+DEFAULT_MAX_DECODE_BYTES = 1 << 30
+
+#: A picture decoded for a smaller size (``draft_px``) whose conversion to RGB
+#: would copy more than this is first shrunk by a whole factor, strip by strip.
+#: Below it the picture is converted as it is, so that ordinary photos embed
+#: exactly as they always have.
+SHRINK_ABOVE_BYTES = 256 << 20
+
+#: Decodes that allocate more than this take turns: threads decoding side by
+#: side never hold two large pictures at once.
+LARGE_DECODE_BYTES = 128 << 20
+_LARGE_DECODE = threading.Lock()
+
+#: Pixels per strip when a picture is converted or shrunk strip by strip.
+STRIP_PIXELS = 1 << 20
+
+#: EXIF orientation -> the transposition that makes the picture upright (as ImageOps.exif_transpose).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+#: Modes of more than 8 bits a channel, mapped to 8 bits by their range.
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+#: Modes with transparency, laid onto the background.
+ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+#: Modes Image.reduce accepts.
+REDUCIBLE_MODES = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 #: ISO-BMFF brands of HEIF/AVIF files, which Pillow reads only with a plugin.
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
@@ -198,26 +237,111 @@ def content_hash(path: Path) -> str:
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency is laid onto ``background``."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        # 16-bit files open as "I" too: scale their full range rather than clip at 255.
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        low, high = pixels.min(), pixels.max()
-        if 0.0 <= low and high <= 1.0:  # the usual convention for float images
-            low, high = 0.0, 1.0
-        scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
-        image = Image.fromarray(scaled.astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
+    """Any Pillow mode to 8-bit RGB; transparency is laid onto ``background``.
+
+    An RGB picture is returned as it is, not copied.
+    """
+    if image.mode in DEEP_MODES:
+        low, high = _eight_bit_range(image)
+        image = _by_strips(image, lambda strip: _to_eight_bit(strip, low, high))
+    if _has_alpha(image):
         canvas = Image.new("RGBA", image.size, background + (255,))
-        return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def _eight_bit_range(image: Image.Image) -> tuple[float, float]:
+    """The values of a deep (16-bit, 32-bit, float) picture that become 0 and 255."""
+    if image.mode.startswith("I;16"):
+        return 0.0, 65535.0
+    if image.mode == "I":
+        # 16-bit files open as "I" too: scale their full range rather than clip at 255.
+        return 0.0, 65535.0 if image.getextrema()[1] > 255 else 255.0
+    low, high, rows = np.inf, -np.inf, _strip_rows(image)
+    for top in range(0, image.height, rows):
+        pixels = np.nan_to_num(np.asarray(_strip(image, top, rows), dtype=np.float64))
+        low, high = min(low, float(pixels.min())), max(high, float(pixels.max()))
+    if 0.0 <= low and high <= 1.0:  # the usual convention for float images
+        return 0.0, 1.0
+    return low, high
+
+
+def _to_eight_bit(strip: Image.Image, low: float, high: float) -> Image.Image:
+    pixels = np.nan_to_num(np.asarray(strip, dtype=np.float64))
+    if high <= low:
+        return Image.fromarray(np.zeros(pixels.shape, np.uint8))
+    return Image.fromarray(np.clip((pixels - low) / (high - low) * 255.0, 0, 255).astype(np.uint8))
+
+
+def _strip_rows(image: Image.Image, factor: int = 1) -> int:
+    return max(1, STRIP_PIXELS // (image.width * factor)) * factor
+
+
+def _strip(image: Image.Image, top: int, rows: int) -> Image.Image:
+    return image.crop((0, top, image.width, min(image.height, top + rows)))
+
+
+def _by_strips(image: Image.Image, convert, factor: int = 1) -> Image.Image:
+    """``convert`` applied to ``image`` strip by strip, each strip reduced by ``factor`` (box average).
+
+    Only one strip is converted at a time, so the picture costs its own
+    buffer and a strip's, never a second full-size copy.
+    """
+    rows = _strip_rows(image, factor)
+    whole = None
+    for top in range(0, image.height, rows):
+        part = convert(_strip(image, top, rows))
+        if factor > 1:
+            part = part.reduce(factor)
+        if whole is None:
+            whole = Image.new(part.mode, (-(-image.width // factor), -(-image.height // factor)))
+        whole.paste(part, (0, top // factor))
+    return whole
+
+
+def _shrink(image: Image.Image, factor: int) -> Image.Image:
+    """``image`` reduced by a whole ``factor`` before any conversion of its full size."""
+    if image.mode in DEEP_MODES:
+        low, high = _eight_bit_range(image)
+        return _by_strips(image, lambda strip: _to_eight_bit(strip, low, high), factor)
+    if image.mode in REDUCIBLE_MODES:
+        return _by_strips(image, lambda strip: strip, factor)
+    wide_mode = "RGBA" if _has_alpha(image) else "RGB"
+    return _by_strips(image, lambda strip: strip.convert(wide_mode), factor)
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """What Pillow allocates a pixel of ``mode`` (multi-band modes take 4 bytes)."""
+    return {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}.get(mode, 4)
+
+
+def _conversion_bytes(image: Image.Image, pixels: int) -> int:
+    """What ``_to_rgb`` allocates for a picture of ``pixels`` pixels in ``image``'s mode."""
+    if image.mode == "RGB":
+        return 0
+    eight_bit = pixels if image.mode in DEEP_MODES else 0
+    if _has_alpha(image):  # a canvas, the RGBA picture (unless it is one), the composite, RGB
+        return eight_bit + 4 * pixels * (3 if image.mode == "RGBA" else 4)
+    return eight_bit + 4 * pixels
+
+
+def _decode_plan(image: Image.Image, draft_px: int | None) -> tuple[int, int]:
+    """(shrink factor, bytes the decode will allocate) for an opened, not yet loaded picture."""
+    width, height = image.size
+    # Pillow's WebP decoder hands over a finished copy of the picture, which is then copied in.
+    decoded = width * height * _bytes_per_pixel(image.mode) * (2 if image.format == "WEBP" else 1)
+    as_is = decoded + _conversion_bytes(image, width * height)
+    factor = min(width, height) // (2 * draft_px) if draft_px else 1
+    if factor < 2 or as_is - decoded <= SHRINK_ABOVE_BYTES:
+        return 1, as_is
+    small = -(-width // factor) * -(-height // factor)
+    strip = 32 * STRIP_PIXELS  # a strip, its conversion (float64 for deep modes) and temporaries
+    return factor, decoded + strip + 4 * small + _conversion_bytes(image, small)
 
 
 def _unidentified(path: Path) -> UnreadableImage:
@@ -230,19 +354,68 @@ def _unidentified(path: Path) -> UnreadableImage:
     return UnreadableImage("not an image", "Pillow cannot identify it")
 
 
+def _decode(
+    handle: BinaryIO,
+    draft_px: int | None,
+    max_pixels: int,
+    max_bytes: int,
+    background: tuple[int, int, int],
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The picture in the open file ``handle``, as ``open_image`` promises.
+
+    ``image`` is the only reference to each stage of the picture, so that each
+    is freed as soon as the next is made.
+    """
+    image = Image.open(handle)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UnreadableImage("too large", f"{width} x {height} pixels is over the limit of {max_pixels}")
+    if min(width, height) < MIN_SIDE_PX:
+        raise UnreadableImage("too small", f"{width} x {height} pixels")
+    if draft_px:
+        image.draft("RGB", (draft_px, draft_px))
+    factor, cost = _decode_plan(image, draft_px)
+    if cost > max_bytes:
+        raise UnreadableImage(
+            "too large",
+            f"decoding {width} x {height} pixels ({image.mode}) would take {cost / 2**20:,.0f} MB, "
+            f"over the limit of {max_bytes / 2**20:,.0f} MB",
+        )
+    try:
+        with _LARGE_DECODE if cost > LARGE_DECODE_BYTES else contextlib.nullcontext():
+            image.load()
+            try:
+                orientation = int(image.getexif().get(ORIENTATION_TAG, 1))
+            except Exception:  # a broken EXIF block must not cost the picture
+                orientation = 1
+            if factor > 1:
+                image = _shrink(image, factor)
+            # Converting before turning gives the same pixels; the turn then copies 8-bit RGB.
+            image = _to_rgb(image, background)
+            if orientation in UPRIGHT:
+                image = image.transpose(UPRIGHT[orientation])
+    except MemoryError:
+        raise UnreadableImage("too large", f"out of memory decoding {width} x {height} pixels") from None
+    turned = orientation in (5, 6, 7, 8)
+    return image, (height, width) if turned else (width, height)
+
+
 def open_image(
     path: Path,
     *,
     draft_px: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode one image to RGB, upright. Returns it and its upright pixel size.
 
     The header is checked before any pixel is decoded, so a file that claims
-    more than ``max_pixels`` costs no memory. ``draft_px`` lets JPEG decoding
-    skip detail that will be thrown away (both sides stay at least that large).
-    Animated files give their first frame.
+    more than ``max_pixels``, or whose decoding would allocate more than
+    ``max_bytes``, costs no memory. ``draft_px`` lets decoding skip detail that
+    will be thrown away (both sides stay at least that large): JPEG decodes at
+    a fraction of its size, and a picture whose conversion would copy hundreds
+    of megabytes is shrunk first. Animated files give their first frame.
     """
     path = Path(path)
     try:
@@ -250,25 +423,10 @@ def open_image(
             raise UnreadableImage("empty", "zero bytes")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise UnreadableImage(
-                        "too large", f"{width} x {height} pixels is over the limit of {max_pixels}"
-                    )
-                if min(width, height) < MIN_SIDE_PX:
-                    raise UnreadableImage("too small", f"{width} x {height} pixels")
-                if draft_px:
-                    image.draft("RGB", (draft_px, draft_px))
-                image.load()
-                try:
-                    turned = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
-                    upright = ImageOps.exif_transpose(image)
-                except Exception:  # a broken EXIF block must not cost the picture
-                    turned, upright = False, image
-                if turned:
-                    width, height = height, width
-                return _to_rgb(upright, background), (width, height)
+            # Our own handle, not Image.open(path): closing that image would free the pixels
+            # returned, and copying them first would double what a large picture costs.
+            with open(path, "rb") as handle:
+                return _decode(handle, draft_px, max_pixels, max_bytes, background)
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as error:  # Pillow's own check, for the most extreme claims
