@@ -498,3 +498,101 @@ def status_command(workdir, as_json):
         if entry["done"] and isinstance(quality, dict):
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 click.echo(f"          {assign.quality_text(quality)}")
+
+
+@main.command("serve")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Folder of photos that requests may name; nothing outside it is read.",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default="gridtsne-serve",
+    show_default=True,
+    help="Folder for the job database, uploads, work directories, results and the shared embedding cache.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any but a loopback address needs --token-file.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Jobs run at once, each in its own process. Default: half the cores, 1 to 4.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="File holding the token that clients send as 'Authorization: Bearer TOKEN'.",
+)
+@click.option(
+    "--queue-limit",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Jobs that may wait; beyond, a submit is answered 429 with Retry-After.",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Largest uploaded file, in MiB (413 beyond).",
+)
+@click.option(
+    "--max-files",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Most files in one upload request (413 beyond).",
+)
+@reports_errors
+def serve_command(root, data, host, port, workers, token_file, queue_limit, max_upload_mb, max_files):
+    """Serve the asynchronous visualization API over HTTP (docs/serve.md).
+
+    POST /v2/visualizations schedules a mosaic of photos under --root (or of
+    uploaded ones) and answers 202 with its id; GET /v2/visualizations/ID is
+    polled until it carries output.data.image.url. Each job runs in its own
+    process; jobs survive a restart. The OpenAPI page is at /docs. Needs the
+    serve extra: pip install 'gridtsne[serve]'.
+
+    \b
+    Example:
+        gridtsne serve --root ./photos
+        curl -X POST localhost:8000/v2/visualizations -H 'Content-Type: application/json' \\
+             -d '{"images": ["holiday"], "options": {"tile": 64}}'
+        gridtsne serve --root /srv/photos --host 0.0.0.0 --token-file token.txt
+    """
+    from pathlib import Path
+
+    try:
+        from gridtsne.serve import app as serve_app
+        from gridtsne.serve.config import ServeConfig, default_workers, is_loopback
+    except ImportError as error:
+        raise click.ClickException(
+            f"gridtsne serve needs the serve extra ({error.name} is missing): pip install 'gridtsne[serve]'"
+        ) from None
+    token = None
+    if token_file:
+        with open(token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+        if len(token) < 16:
+            raise click.UsageError(f"the token in {token_file} is shorter than 16 characters")
+    elif not is_loopback(host):
+        raise click.UsageError(f"listening on {host} needs --token-file: only 127.0.0.1 may go without")
+    config = ServeConfig(
+        root=Path(root).resolve(), data=Path(data).resolve(), workers=workers or default_workers(),
+        token=token, queue_limit=queue_limit, max_upload_bytes=max_upload_mb * 1024 * 1024,
+        max_files=max_files,
+    )  # fmt: skip
+    serve_app.serve(config, host, port)

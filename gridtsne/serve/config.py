@@ -1,0 +1,67 @@
+"""What the server was started with, and where under --data it keeps things."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Bytes one uploaded file may have (``--max-upload-mb``).
+DEFAULT_MAX_UPLOAD_MB = 32
+#: Files one upload request may carry (``--max-files``).
+DEFAULT_MAX_FILES = 100
+#: Jobs that may wait in the queue before a submit is answered 429 (``--queue-limit``).
+DEFAULT_QUEUE_LIMIT = 100
+
+
+def default_workers() -> int:
+    """Jobs at once: each is one process using up to 2 cores for decoding and the model."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's settings; the folders are absolute and resolved."""
+
+    root: Path
+    data: Path
+    workers: int = 1
+    token: str | None = None
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
+    max_files: int = DEFAULT_MAX_FILES
+
+    @property
+    def database(self) -> Path:
+        return self.data / "jobs.sqlite"
+
+    @property
+    def inputs(self) -> Path:
+        """Uploaded photos, one file per content hash."""
+        return self.data / "inputs"
+
+    @property
+    def cache(self) -> Path:
+        """The embedding cache shared by every job: a second job of the same photos embeds nothing."""
+        return self.data / "cache"
+
+    @property
+    def jobs(self) -> Path:
+        return self.data / "jobs"
+
+    def job_folder(self, job_id: str) -> Path:
+        return self.jobs / job_id
+
+    def make_folders(self) -> None:
+        for folder in (self.data, self.inputs, self.cache, self.jobs):
+            folder.mkdir(parents=True, exist_ok=True)

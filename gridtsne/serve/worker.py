@@ -1,0 +1,248 @@
+"""Running jobs: the dispatcher (a thread in the server) and the worker process of one job.
+
+Each job runs in its own process (``python -m gridtsne.serve.worker``), so that
+cancelling it is stopping a process, a crash in one job harms no other, and
+memory goes back to the system when the job ends. At most ``workers`` run at
+once. A worker runs the same stages as ``gridtsne all`` in the job's own work
+directory, with the embedding cache shared by all jobs under --data; after a
+restart a re-queued job resumes through the stages' freshness and that cache.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from gridtsne.serve.config import ServeConfig
+from gridtsne.serve.jobs import FAILED, SUCCEEDED, Job, Queue, SqliteQueue
+
+#: Rough share of a job's time per stage, for ``percent_completed``.
+STAGE_WEIGHTS = {"embed": 50, "reduce": 25, "assign": 10, "render": 15}
+#: The picture's file name per format (the request's ``format``; auto is JPEG).
+PICTURE_NAMES = {"auto": "mosaic.jpg", "jpeg": "mosaic.jpg", "png": "mosaic.png",
+                 "webp": "mosaic.webp", "tiff": "mosaic.tiff"}  # fmt: skip
+PAGE_NAME = "page.html"
+#: How long a re-queued job waits for the work directory lock of a worker killed with the server.
+LOCK_WAIT_SECONDS = 20
+
+
+class Dispatcher:
+    """Starts a worker process for each queued job, up to ``config.workers`` at once."""
+
+    def __init__(self, config: ServeConfig, queue: Queue, poll_seconds: float = 0.2):
+        self.config, self.queue, self.poll_seconds = config, queue, poll_seconds
+        self.running: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="gridtsne-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                self.tick()
+            except Exception:  # a full disk, a locked database: try again, never die
+                traceback.print_exc()
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        with self._lock:
+            for job_id, process in list(self.running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del self.running[job_id]
+                if code != 0:  # a crash, or killed from outside: its job must not stay "running"
+                    self.queue.finish(job_id, FAILED, f"the worker process stopped (exit code {code})")
+            while not self._stopping and len(self.running) < self.config.workers:
+                job = self.queue.claim()
+                if job is None:
+                    break
+                self.running[job.id] = self._spawn(job)
+
+    def _spawn(self, job: Job) -> subprocess.Popen:
+        folder = self.config.job_folder(job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "worker.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "gridtsne.serve.worker", str(self.config.root), str(self.config.data),
+                 job.id],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopping it stops everything it started
+            )  # fmt: skip
+
+    def stop_job(self, job_id: str) -> bool:
+        """Stop the process of a job (cancelled); whether one was running."""
+        with self._lock:
+            process = self.running.pop(job_id, None)
+        if process is None:
+            return False
+        _kill(process)
+        return True
+
+    def stop(self) -> None:
+        """Stop every worker (the server is shutting down); their jobs are re-queued at the next start."""
+        self._stopping = True
+        self._wake.set()
+        with self._lock:
+            for process in self.running.values():
+                _kill(process)
+            self.running.clear()
+
+
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+# The worker process.
+
+
+def _watch_parent() -> None:
+    """Exit when the server dies (even by SIGKILL), so that a restart never finds two workers."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _shown(path: str, config: ServeConfig) -> str:
+    """A photo's name as the client knows it: relative to the root, or the id of an upload."""
+    real = Path(path).resolve()
+    if real.is_relative_to(config.inputs):
+        return f"input:{real.name}"
+    if real.is_relative_to(config.root):
+        return real.relative_to(config.root).as_posix()
+    return real.name
+
+
+def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
+    """Run the stages of ``job`` in its folder; the results to record. Raises what the stages raise."""
+    from gridtsne import export, images, pipeline, render
+    from gridtsne.options import PipelineOptions
+    from gridtsne.stage import Context
+    from gridtsne.workdir import Workdir, atomic_write
+
+    folder = config.job_folder(job.id)
+    request = job.request
+    options = dict(request["options"])
+    picture = folder / PICTURE_NAMES[options.get("format", "auto")]
+    settings = PipelineOptions.from_flat(
+        {**options, "paths": request["paths"], "output": str(picture), "cache": str(config.cache)}
+    )
+    # A link inside a photo folder that leads out of the root is never read: leave its files out.
+    found = images.find_images(settings.embed.paths, settings.embed.ext, hidden=settings.embed.hidden)
+    allowed = (config.root, config.inputs)
+    outside = [str(path) for path in found.files if not any(map(path.resolve().is_relative_to, allowed))]
+    settings = PipelineOptions(
+        embed=settings.embed.replace(exclude=tuple(outside)),
+        reduce=settings.reduce, assign=settings.assign, render=settings.render,
+    )  # fmt: skip
+    work = Workdir(folder / "work")
+    context = Context(progress=False, jobs=2)
+    done = 0
+
+    def stage_done(summary: dict) -> None:
+        nonlocal done
+        done += STAGE_WEIGHTS[summary["stage"]]
+        names = list(STAGE_WEIGHTS)
+        following = names.index(summary["stage"]) + 1
+        queue.progress(job.id, names[following] if following < len(names) else "render", min(done, 99))
+
+    queue.progress(job.id, "embed", 0)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            lock = work.lock()
+            lock.__enter__()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        summaries = pipeline.run_all(work, settings, context, on_stage_done=stage_done)
+        table = export.positions(work)
+        for row in table:
+            row["path"] = _shown(row["path"], config)
+        for name in ("csv", "json"):
+            text = export.FORMATS_BY_NAME[name](table)
+            atomic_write(folder / f"positions.{name}", lambda handle, text=text: handle.write(text.encode()))
+        if request.get("web_page"):
+            render.STAGE.run(
+                work, settings.render.replace(output=str(folder / PAGE_NAME), format="html"), context
+            )
+    finally:
+        lock.__exit__(None, None, None)
+    by_stage = {summary["stage"]: summary for summary in summaries}
+    embedded, grid = by_stage["embed"], by_stage["assign"]
+    from PIL import Image
+
+    with Image.open(picture) as image:
+        width, height = image.size
+    listing = work.load_images()
+    return {
+        "picture": picture.name,
+        "width": width,
+        "height": height,
+        "rows": grid.get("rows"),
+        "cols": grid.get("cols"),
+        "images": len(listing["images"]),
+        "skipped": [
+            {"path": _shown(entry["path"], config), "reason": entry["reason"]} for entry in listing["skipped"]
+        ],  # fmt: skip
+        "embeddings_computed": embedded.get("computed"),
+        "embeddings_reused": embedded.get("reused"),
+        "web_page": bool(request.get("web_page")),
+    }
+
+
+def main(argv: list[str]) -> int:
+    from gridtsne.errors import GridtsneError, OptionError
+
+    root, data, job_id = argv
+    _watch_parent()
+    config = ServeConfig(root=Path(root), data=Path(data))
+    queue = SqliteQueue(config.database)
+    job = queue.get(job_id)
+    if job is None:
+        return 0
+    try:
+        results = run_job(config, queue, job)
+    except OptionError as error:  # a grid too small for the photos found, ...
+        queue.finish(job_id, FAILED, f"{error.option}: {error.worded(lambda name: repr(name))}")
+    except GridtsneError as error:
+        queue.finish(job_id, FAILED, str(error))
+    except MemoryError:
+        queue.finish(job_id, FAILED, "out of memory: try a smaller tile or fewer photos")
+    except Exception as error:
+        traceback.print_exc()  # into the job's worker.log
+        queue.finish(job_id, FAILED, f"unexpected {type(error).__name__}: {error} (a bug in gridtsne)")
+    else:
+        queue.finish(job_id, SUCCEEDED, results=results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
