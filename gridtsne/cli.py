@@ -178,6 +178,8 @@ def reports_errors(command):
             raise click.ClickException(
                 "out of memory: try a smaller --tile, --batch-size or --jobs"
             ) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: a usage error or an exit, already worded
         except Exception as error:  # a bug: one line for the user, the traceback on request
             if os.environ.get(DEBUG_VAR):
                 raise

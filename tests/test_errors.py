@@ -107,3 +107,10 @@ def test_a_bug_is_one_line_unless_debugging(cli, done, monkeypatch):
 
     monkeypatch.setattr("gridtsne.pipeline.stage_status", broken)
     one_line_error(cli("status", "-w", work), "unexpected KeyError", "GRIDTSNE_DEBUG=1")
+
+
+def test_a_usage_error_raised_by_a_command_stays_a_usage_error(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("GRIDTSNE_DEBUG")
+    result = cli("all", tmp_path, "-", "--format", "png")  # - as OUTPUT needs -w
+    assert result.exit_code == 2 and "name the work directory" in result.stderr
+    assert "bug" not in result.stderr

@@ -292,3 +292,18 @@ def _commands() -> list[str]:
             except OSError:
                 continue
     return found
+
+
+def test_a_web_page_is_served_from_the_jobs_folder_and_nothing_outside_it(server):
+    done = server.wait(
+        server.submit({"images": ["photos"], "options": OPTIONS, "web_page": True}).json()["output"]["id"]
+    )
+    assert done["state"] == "succeeded", done
+    page = server.client.get(done["data"]["page"]["url"])
+    assert page.status_code == 200 and "<canvas" in page.text
+    base = done["data"]["page"]["url"].rsplit("/", 1)[0]
+    assert server.client.get(f"{base}/data.js").text.startswith("window.GRIDTSNE = ")
+    for escape in ("%2e%2e/%2e%2e/jobs.sqlite3", "..%2f..%2fsecret"):
+        answer = server.client.get(f"{base}/{escape}")
+        assert answer.status_code == 400 and "error" in answer.text.lower()
+    assert server.client.get(f"{base}/no-such-file.js").status_code == 404
