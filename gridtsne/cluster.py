@@ -218,8 +218,8 @@ def embed_chunk(paths: list[str], options: dict, jobs: int) -> list[tuple]:
 
 
 def embed_files(files: list[Path], cache: EmbeddingCache, options: EmbedOptions, context) -> list:
-    """``embed._embed_files`` on the cluster ``context.cluster``: the same items, in the same order."""
-    client = client_for(context.cluster)
+    """``embed._embed_files`` on the cluster ``context.cluster``: the same items, in the same order.
+    A run that finds everything in the cache does not even connect."""
     outcome: list[embed._Item | None] = [None] * len(files)
     to_send, visible = [], []
     for index, path in enumerate(files):
@@ -238,6 +238,7 @@ def embed_files(files: list[Path], cache: EmbeddingCache, options: EmbedOptions,
     for name in ("model", "preprocess"):
         if shipped[name] not in (None, DEFAULT_MODEL):
             shipped[name] = os.path.abspath(shipped[name])
+    client = client_for(context.cluster) if to_send else None
     if to_send:
         samples = [os.path.abspath(files[i]) for i in visible[:1]]
         samples += [
@@ -252,9 +253,8 @@ def embed_files(files: list[Path], cache: EmbeddingCache, options: EmbedOptions,
     bar = tqdm(total=len(files), unit="img", desc="embed", disable=None if context.progress else True,
                file=sys.stderr, initial=len(files) - len(to_send))  # fmt: skip
     try:
-        results = _in_order(
-            client, _embed_remote, chunks, lambda chunk: f"the chunk of {len(chunk[0])} from {chunk[0][0]}"
-        )
+        describe = lambda chunk: f"the chunk of {len(chunk[0])} from {chunk[0][0]}"  # noqa: E731
+        results = _in_order(client, _embed_remote, chunks, describe) if to_send else ()
         for chunk, returned in results:
             computed += _take(chunk[3], returned, files, cache, outcome)
             bar.update(len(chunk[3]))

@@ -264,3 +264,13 @@ def test_where_the_work_runs_does_not_make_a_stage_stale(photos, tmp_path, fake_
     summary = embed.run(work, options, Context(cluster="tcp://127.0.0.1:9"), skip_if_fresh=True)
 
     assert summary["ran"] is False
+
+
+def test_a_rerun_that_finds_everything_in_the_cache_does_not_connect(photos, tmp_path):
+    work = embed_locally(photos, tmp_path / "work")
+
+    summary = embed.run(
+        work, EmbedOptions(paths=(str(photos),), batch_size=4), Context(cluster="tcp://127.0.0.1:9")
+    )
+
+    assert summary["reused"] == 12
