@@ -89,6 +89,30 @@ jobs_option = click.option(
     "-j", "--jobs", type=click.IntRange(1), default=None, help="Threads decoding images. Default: up to 4."
 )
 
+
+def _check_cluster(ctx, param, value: str | None) -> str | None:
+    """A usage error for a malformed address; a missing Dask extra is one line, exit 1."""
+    if value is None:
+        return None
+    from gridtsne import cluster  # imports no Dask itself
+
+    try:
+        cluster.check_address(value)
+    except OptionError as error:
+        raise click.BadParameter(error.worded(flag_of)) from None
+    try:
+        cluster.require_dask()
+    except GridtsneError as error:
+        raise click.ClickException(str(error)) from None
+    return value
+
+
+cluster_option = click.option(
+    "--cluster", metavar="ADDRESS", default=None, callback=_check_cluster,
+    help="Run the per-photo work on a Dask cluster: a scheduler address (tcp://HOST:8786), or "
+    "local[:N] for N worker processes here. Needs gridtsne[dask]; see docs/cluster.md.",
+)  # fmt: skip
+
 embed_options = _with(
     stage_option(EmbedOptions, "ext", metavar="LIST",
                  help="Extensions a folder walk looks at, comma-separated (e.g. jpg,png)."),
@@ -220,10 +244,12 @@ def _list_skipped(workdir: Workdir, quiet: bool) -> None:
         )
 
 
-def _context(quiet: bool, jobs: int | None = None) -> Context:
+def _context(quiet: bool, jobs: int | None = None, cluster: str | None = None) -> Context:
     """Progress and messages on stderr unless quiet; the picture of a render to - on stdout."""
     on_message = (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
-    return Context(progress=not quiet, jobs=jobs, on_message=on_message, stdout=sys.stdout.buffer)
+    return Context(
+        progress=not quiet, jobs=jobs, on_message=on_message, stdout=sys.stdout.buffer, cluster=cluster
+    )
 
 
 def _workdir(named: str | None, default: os.PathLike | None = None) -> Workdir:
@@ -279,9 +305,10 @@ def main():
 @stage_option(EmbedOptions, "shard", metavar="K/N",
               help="Embed only the K-th of N slices of the inputs, into the cache.")  # fmt: skip
 @jobs_option
+@cluster_option
 @output_options
 @reports_errors
-def embed_command(paths, workdir, null, jobs, quiet, as_json, **values):
+def embed_command(paths, workdir, null, jobs, cluster, quiet, as_json, **values):
     """Compute a feature vector for every image under PATHS (files, folders, or - for stdin).
 
     Writes images.json, embeddings.npy and embed.json. Files that are not
@@ -296,12 +323,13 @@ def embed_command(paths, workdir, null, jobs, quiet, as_json, **values):
         gridtsne embed ./photos -w work
         find /photos -name '*.jpg' -print0 | gridtsne embed -0 - -w work
         gridtsne embed ./photos -w work --shard 2/4     # then: gridtsne embed ./photos -w work
+        gridtsne embed /shared/photos -w work --cluster tcp://scheduler:8786
     """
     options = build(EmbedOptions, paths=_read_paths(paths, null), **values)
     wd = _workdir(workdir)
     # Shards only add files to the cache, so several may run at once beside each other.
     with wd.lock() if options.shard is None else contextlib.nullcontext():
-        summary = embed.run(wd, options, _context(quiet, jobs))
+        summary = embed.run(wd, options, _context(quiet, jobs, cluster))
         _report(summary, quiet)
         if options.shard is None:
             _list_skipped(wd, quiet)
@@ -367,9 +395,10 @@ def assign_command(workdir, quiet, as_json, **values):
 @workdir_option
 @render_options
 @jobs_option
+@cluster_option
 @output_options
 @reports_errors
-def render_command(output, workdir, jobs, quiet, as_json, **values):
+def render_command(output, workdir, jobs, cluster, quiet, as_json, **values):
     """Draw the mosaic to OUTPUT and print its path.
 
     OUTPUT's extension picks the format: .jpg/.jpeg, .png, .webp, .tif/.tiff,
@@ -388,7 +417,7 @@ def render_command(output, workdir, jobs, quiet, as_json, **values):
     _check_output(options, as_json)
     wd = _workdir(workdir)
     with wd.lock():
-        summary = render.run(wd, options, _context(quiet, jobs))
+        summary = render.run(wd, options, _context(quiet, jobs, cluster))
     _report(summary, quiet)
     if output != render.STDOUT:
         _emit(summary, as_json, plain=summary["output"])
@@ -436,10 +465,11 @@ def export_command(workdir, table_format, output, overwrite):
 @assign_options
 @render_options
 @jobs_option
+@cluster_option
 @click.option("--force", is_flag=True, help="Rerun every stage, fresh or not.")
 @output_options
 @reports_errors
-def all_command(photos, output, workdir, null, jobs, force, quiet, as_json, **values):
+def all_command(photos, output, workdir, null, jobs, cluster, force, quiet, as_json, **values):
     """Run every stage from PHOTOS to the mosaic OUTPUT, skipping fresh ones.
 
     A stage is fresh when its inputs and options are unchanged since it last
@@ -451,6 +481,7 @@ def all_command(photos, output, workdir, null, jobs, force, quiet, as_json, **va
         gridtsne all ./photos mosaic.jpg
         gridtsne all ./photos mosaic.jpg --seed 3     # reruns reduce, assign, render
         gridtsne all ./photos gallery.html            # a zoomable web page
+        gridtsne all ./photos mosaic.jpg --cluster local:4     # 4 worker processes
     """
     given = {name: value for name, value in values.items() if value is not None}
     options = PipelineOptions.from_flat({**given, "output": output, "paths": _read_paths(photos, null)})
@@ -467,7 +498,7 @@ def all_command(photos, output, workdir, null, jobs, force, quiet, as_json, **va
 
     with wd.lock():
         summaries = pipeline.run_all(
-            wd, options, _context(quiet, jobs), force=force, on_stage_done=stage_done
+            wd, options, _context(quiet, jobs, cluster), force=force, on_stage_done=stage_done
         )
     if output != render.STDOUT:
         _emit(summaries, as_json, plain=summaries[-1]["output"])

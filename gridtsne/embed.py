@@ -382,8 +382,13 @@ def _embed_found(workdir: Workdir, options: EmbedOptions, context: Context, mode
     the images.json entries, their vectors, the skipped files, and the counts."""
     cache = EmbeddingCache(options.cache or default_cache_dir(workdir), model.cache_key)
     files = [path for path in found.files if options.shard is None or in_shard(path, options.shard)]
-    outcome = _embed_files(files, cache, model, options.batch_size, context.jobs, options.max_pixels,
-                           context.progress)  # fmt: skip
+    if context.cluster:  # the same items, made on a Dask cluster (imported only then)
+        from gridtsne import cluster
+
+        outcome = cluster.embed_files(files, cache, options, context)
+    else:
+        outcome = _embed_files(files, cache, model, options.batch_size, context.jobs, options.max_pixels,
+                               context.progress)  # fmt: skip
     embedded, vectors = [], []
     skipped = [{"path": str(path), "reason": reason} for path, reason in found.skipped]
     for item in outcome:

@@ -60,6 +60,7 @@ class Mosaic:
         background: tuple[int, int, int] = (0, 0, 0),
         jobs: int = 1,
         progress: bool = False,
+        cluster: str | None = None,
     ):
         self.entries = entries
         self.cell_of_image = np.asarray(cell_of_image)
@@ -71,6 +72,7 @@ class Mosaic:
         self.background = background
         self.jobs = jobs
         self.progress = progress
+        self.cluster = cluster
         self.width, self.height = grid_size_px(rows, cols, self.tile_px, gap_px)
         self.unreadable: list[dict] = []
 
@@ -91,7 +93,12 @@ class Mosaic:
         """One full-width image per grid row, tile_px high, top to bottom."""
         by_cell = np.argsort(self.cell_of_image, kind="stable")
         order = by_cell[self.cell_of_image[by_cell] >= 0].tolist()  # -1: left out by assign --subset
-        made = tiles.in_order(self.tiles, self.entries, order, self.jobs)
+        if self.cluster:  # tiles made on a Dask cluster (imported only then)
+            from gridtsne import cluster
+
+            made = cluster.tiles_in_order(self.tiles, self.entries, order, self.jobs, self.cluster)
+        else:
+            made = tiles.in_order(self.tiles, self.entries, order, self.jobs)
         bar = tqdm(
             made,
             total=len(order),
@@ -411,7 +418,7 @@ class RenderStage(Stage):
         tile_maker = tiles.Tiles(workdir.path, options.tile, options.fit)
         mosaic = Mosaic(listing, cell_of_image, rows, cols, tile_maker=tile_maker, gap_px=options.gap,
                         background=parse_colour(options.background), jobs=context.jobs,
-                        progress=context.progress)  # fmt: skip
+                        progress=context.progress, cluster=context.cluster)  # fmt: skip
         writer.check(mosaic.width, mosaic.height)
         check_strip_memory(mosaic)
         written = writer.save(mosaic, context.stdout if to_stdout else output)

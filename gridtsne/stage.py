@@ -33,13 +33,15 @@ class Context:
 
     ``progress``: progress bars on stderr; ``jobs``: threads decoding photos;
     ``on_message``: where a stage's remarks go; ``stdout``: where a render to
-    "-" writes.
+    "-" writes; ``cluster``: a Dask scheduler's address, or ``local[:N]``, to run
+    the per-photo work of embed and render on (``cluster.py``), None for here.
     """
 
     progress: bool = False
     jobs: int = field(default_factory=default_jobs)
     on_message: Callable[[str], None] = lambda text: None
     stdout: BinaryIO | None = None
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         if self.jobs is None:

@@ -130,6 +130,28 @@ class Tiles:
         self._store(sha, tile, [stamp])
         return tile
 
+    def cached_tile(self, entry: dict) -> Image.Image | None:
+        """The cached tile of an ``images.json`` entry whose file is unchanged since it was
+        checked against it, without reading the photo; else None (``--cluster`` makes it)."""
+        try:
+            file_stat = os.stat(entry["path"])
+        except OSError:
+            return None
+        if self.folder is None or not entry.get("sha256"):
+            return None
+        tile, stamps = self._load(entry["sha256"])
+        if tile is None or [str(entry["path"]), file_stat.st_size, file_stat.st_mtime_ns] not in stamps:
+            return None
+        return self._count_cached(tile)
+
+    def store_made(self, sha: str, tile: Image.Image, stamp: list) -> None:
+        """Keep a tile made elsewhere (by a ``--cluster`` worker) of the content ``sha``."""
+        with self._count_lock:
+            self.decoded += 1
+        if self.folder is not None:
+            _, stamps = self._load(sha)
+            self._store(sha, tile, [s for s in stamps if s != stamp] + [stamp])
+
     def _make(self, path: Path) -> Image.Image:
         image, _ = imagelib.open_image(path, draft_px=self.tile_px)
         tile = make_tile(image, self.tile_px, self.fit)
