@@ -2,6 +2,11 @@
 
     pip install -e '.[bench]'          # scikit-learn and vc-flas, for the alternatives
     python benchmarks/layout_quality.py [--sizes 1024 4096] [--flas-seeds 1 2 3 4 5]
+    python benchmarks/layout_quality.py --collections /work/collections --workdirs /work/layout-work
+
+With --collections (the suite of benchmarks/COLLECTIONS.md: one folder of
+images per collection), see ``suite`` below: one table, gridtsne against the
+anchors of issue 13, every seed's run counted.
 
 On each set of embeddings, these layouts on the same near-square grid:
 
@@ -82,6 +87,115 @@ METHODS = {
 }
 
 
+def anchor_map(embeddings, seed):
+    """openTSNE with metric="cosine" on all dimensions, otherwise its defaults (2 threads)."""
+    from openTSNE import TSNE
+
+    return np.asarray(TSNE(metric="cosine", n_jobs=2, random_state=seed, verbose=False).fit(embeddings))
+
+
+def min_max_lap(points, rows, cols):
+    """The 2017 recipe's assignment: each axis min-max scaled to the grid, exact LAP on squared distances."""
+    from scipy.optimize import linear_sum_assignment
+
+    points = (points - points.min(axis=0)) / np.ptp(points, axis=0) * [cols - 1, rows - 1]
+    image, cell = linear_sum_assignment(assign.squared_distances(points, assign.cell_centres(rows, cols)))
+    cells = np.empty(len(points), dtype=np.int64)
+    cells[image] = cell
+    return cells
+
+
+def fit_lap(points, rows, cols):
+    """The same map fitted as gridtsne fits it (one scale, assign.fit_to_grid), exact LAP."""
+    from gridtsne.assign import _exact_lap
+
+    return _exact_lap(assign.fit_to_grid(points, rows, cols), assign.cell_centres(rows, cols))
+
+
+def suite_methods():
+    """name -> (vectors, rows, cols, seed) -> cells, for the collection suite.
+
+    The anchor's map is made once per seed and shared by its two fits; each
+    fit's seconds include the map's."""
+    import gridtsne
+
+    maps = {}
+
+    def anchor(fit):
+        def lay_out(embeddings, rows, cols, seed):
+            if maps.get("of") is not embeddings:  # a new collection
+                maps.clear()
+                maps["of"] = embeddings
+            if seed not in maps:
+                started = time.perf_counter()
+                maps[seed] = anchor_map(embeddings, seed), time.perf_counter() - started
+            points, map_seconds = maps[seed]
+            return fit(points, rows, cols), map_seconds
+
+        return lay_out
+
+    return {
+        "gridtsne": lambda e, r, c, seed: (gridtsne.layout(e, seed=seed)[0], 0.0),
+        "openTSNE+LAP": anchor(min_max_lap),
+        "openTSNE+LAP fit": anchor(fit_lap),
+        "FLAS": lambda e, r, c, seed: (flas(e, r, c, seed + 1), 0.0),
+    }
+
+
+#: The anchors the goal of issue 13 is measured against (the "fit" row is for information).
+ANCHORS = ("openTSNE+LAP", "FLAS")
+
+
+def collection_embeddings(collection, workdirs):
+    """The shipped model's embeddings of one folder of images, embedded once into ``workdirs``."""
+    from gridtsne import embed
+    from gridtsne.options import EmbedOptions
+    from gridtsne.workdir import Workdir
+
+    work = Workdir(workdirs / collection.name)
+    embed.run(work, EmbedOptions(paths=[str(collection)]), skip_if_fresh=True)
+    return np.load(work.path / "embeddings.npy")
+
+
+def suite(collections, workdirs, seeds, only=None):
+    """One table: per collection and method, DPQ_16 and NP@10 (median of the seeds, then each
+    seed's), and the median seconds; last, gridtsne's DPQ_16 margin over each anchor."""
+    from pathlib import Path
+
+    folders = sorted(p for p in Path(collections).iterdir() if p.is_dir())
+    folders = [p for p in folders if not only or p.name in only]
+    methods = suite_methods()
+    header = f"{'collection':<10} {'N':>5} {'method':<17} {'DPQ_16':>6} {'(each seed)':<20} "
+    print(header + f"{'NP@10':>6} {'(each seed)':<20} {'seconds':>7}", flush=True)
+    margins = []
+    for folder in folders:
+        embeddings = collection_embeddings(folder, Path(workdirs))
+        vectors = normalise(embeddings.astype(np.float64))
+        rows, cols = assign.grid_shape(len(embeddings))
+        medians = {}
+        for method, lay_out in methods.items():
+            dpq, np10, seconds = [], [], []
+            for seed in seeds:
+                started = time.perf_counter()
+                cells, extra = lay_out(embeddings, rows, cols, seed)
+                seconds.append(time.perf_counter() - started + extra)
+                scores = quality.layout_quality(vectors, cells, cols)
+                dpq.append(scores["dpq"])
+                np10.append(scores["neighbourhood_preservation"])
+            medians[method] = float(np.median(dpq))
+            print(
+                f"{folder.name:<10} {len(embeddings):>5} {method:<17} {np.median(dpq):6.3f} "
+                f"{' '.join(f'{v:.3f}' for v in dpq):<20} {np.median(np10):6.3f} "
+                f"{' '.join(f'{v:.3f}' for v in np10):<20} {np.median(seconds):7.1f}",
+                flush=True,
+            )
+        margins.append((folder.name, [100 * (medians["gridtsne"] / medians[a] - 1) for a in ANCHORS]))
+    print("\ngridtsne's median DPQ_16 over each anchor's (goal: at least +1% on every collection)")
+    print(f"{'collection':<10} " + " ".join(f"{a:>13}" for a in ANCHORS))
+    for name, values in margins:
+        print(f"{name:<10} " + " ".join(f"{v:+12.1f}%" for v in values))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
@@ -92,7 +206,15 @@ def main():
         default=[1],
         help="FLAS is randomised: one row per seed (default: seed 1)",
     )
+    parser.add_argument("--collections", help="a folder of image collections, one folder each: run the suite")
+    parser.add_argument("--workdirs", default="collections.gridtsne",
+                        help="where each collection is embedded once (one work directory each)")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the suite")
+    parser.add_argument("--only", nargs="*", help="only these collections of the suite")
     args = parser.parse_args()
+    if args.collections:
+        suite(args.collections, args.workdirs, args.seeds, args.only)
+        return
     methods = {}
     for name, lay_out in METHODS.items():
         if lay_out is flas:

@@ -28,6 +28,14 @@ grid. Refinement works on the grid directly, in two steps.
    see each other are evaluated together, so a sweep is a few hundred numpy
    operations at any N.
 
+Sorting is randomised (where the sets of cells fall) and the swaps stop at a
+local optimum, so different sorting seeds end in different layouts, a
+percent or so of DPQ_16 apart. Small grids are therefore refined from
+``starts_for(N)`` seeds and the layout with the lowest swap objective kept
+(``neighbour_cost``); the number of starts is bounded so that N x starts
+stays within ``START_IMAGES``, which keeps large grids at one start and
+reduce + assign of 1,024 images within its time (docs/benchmarks.md).
+
 Every set is a complete assignment of the images it holds to the cells they
 hold, and swaps exchange two images, so the layout stays complete and empty
 cells stay where the assignment put them (at the map's sparse edges, not as
@@ -64,6 +72,10 @@ SWAP_REACH = 2
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8
 SEED = 0
+#: Refinements from seeds SEED, SEED + 1, ... while N x starts stays within
+#: START_IMAGES, at most MAX_STARTS (one at 1,001 images and above).
+START_IMAGES = 2000
+MAX_STARTS = 3
 
 
 def settings() -> dict:
@@ -79,6 +91,8 @@ def settings() -> dict:
         "swap_reach": SWAP_REACH,
         "max_sweeps": MAX_SWEEPS,
         "seed": SEED,
+        "start_images": START_IMAGES,
+        "max_starts": MAX_STARTS,
     }
 
 
@@ -306,6 +320,34 @@ def swap_layout(
     return stencil.cell_of_image()
 
 
+def starts_for(n_images: int) -> int:
+    """How many sorting seeds a grid of ``n_images`` is refined from."""
+    return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
+
+
+def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int) -> float:
+    """The swap step's objective: the ``RING_WEIGHTS``-weighted embedding distance over
+    every pair of occupied grid neighbours, each pair once (lower is better)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    placed = np.flatnonzero(np.asarray(cell_of_image) >= 0)
+    occupant = np.full(rows * cols, -1, dtype=np.int64)
+    occupant[np.asarray(cell_of_image)[placed]] = placed
+    occupant = occupant.reshape(rows, cols)
+    ring = int(np.sqrt(max(RING_WEIGHTS)))
+    total = 0.0
+    for d_row in range(ring + 1):
+        for d_col in range(-ring, ring + 1):
+            weight = RING_WEIGHTS.get(d_row * d_row + d_col * d_col)
+            if not weight or (d_row == 0 and d_col <= 0) or d_row >= rows or abs(d_col) >= cols:
+                continue
+            first = occupant[: rows - d_row, max(0, -d_col) : cols - max(0, d_col)]
+            second = occupant[d_row:, max(0, d_col) : cols - max(0, -d_col)]
+            both = (first >= 0) & (second >= 0)
+            difference = vectors[first[both]] - vectors[second[both]]
+            total += weight * float(np.sqrt((difference**2).sum(axis=1)).sum())
+    return total
+
+
 def refine_layout(
     vectors: np.ndarray,
     cell_of_image: np.ndarray,
@@ -313,13 +355,22 @@ def refine_layout(
     cols: int,
     *,
     seed: int = SEED,
+    starts: int | None = None,
 ) -> np.ndarray:
-    """A new cell for every image (-1 stays -1): sorted, then swapped, against ``vectors``."""
+    """A new cell for every image (-1 stays -1): sorted, then swapped, against ``vectors``,
+    from ``starts`` sorting seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
-    if np.count_nonzero(cell_of_image >= 0) < 2:
+    n_placed = np.count_nonzero(cell_of_image >= 0)
+    if n_placed < 2:
         return cell_of_image.astype(np.int32)
     placed = cell_of_image >= 0
     components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
     components[placed] = projected(np.asarray(vectors)[placed], SWAP_DIMS)
-    sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed)
-    return swap_layout(components, sorted_cells, rows, cols, seed=seed).astype(np.int32)
+    best_cost, best = np.inf, cell_of_image
+    for start in range(starts_for(n_placed) if starts is None else starts):
+        sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed + start)
+        cells = swap_layout(components, sorted_cells, rows, cols, seed=seed + start)
+        cost = neighbour_cost(components, cells, rows, cols)
+        if cost < best_cost:  # the first of equals: the result does not depend on timing
+            best_cost, best = cost, cells
+    return best.astype(np.int32)

@@ -103,3 +103,28 @@ def test_refinement_is_deterministic():
     cell_of_image = rng.permutation(225)[:200]
     first = refine.refine_layout(vectors, cell_of_image, 15, 15)
     assert np.array_equal(first, refine.refine_layout(vectors, cell_of_image, 15, 15))
+
+
+def test_neighbour_cost_is_the_swap_objective_from_its_definition():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(100, 8)).astype(np.float32)
+    cell_of_image = rng.permutation(120)[:100]  # 20 empty cells on a 10 x 12 grid
+    expected = neighbour_objective(vectors, cell_of_image, 12)
+    assert np.isclose(refine.neighbour_cost(vectors, cell_of_image, 10, 12), expected)
+
+
+def test_small_grids_keep_the_best_of_several_sorting_seeds():
+    assert refine.starts_for(200) == refine.MAX_STARTS
+    assert refine.starts_for(1024) == 1  # large grids: one start, as before
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(144, 16)).astype(np.float32)
+    cell_of_image = rng.permutation(144)
+    costs = [
+        refine.neighbour_cost(vectors, refine.refine_layout(vectors, cell_of_image, 12, 12, starts=n), 12, 12)
+        for n in (1, 3)
+    ]
+    assert costs[1] <= costs[0]
+    assert np.array_equal(
+        refine.refine_layout(vectors, cell_of_image, 12, 12),
+        refine.refine_layout(vectors, cell_of_image, 12, 12, starts=refine.MAX_STARTS),
+    )
