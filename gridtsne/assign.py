@@ -275,7 +275,8 @@ def layout(
     placed = np.flatnonzero(cell_of_image >= 0)
     if refine_grid:
         cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols)
-    after = quality.layout_quality(vectors[placed], cell_of_image[placed], cols)
+    everyone = len(placed) == len(vectors)  # then no copy of N x D to measure them
+    after = quality.layout_quality(vectors if everyone else vectors[placed], cell_of_image[placed], cols)
     results = {
         "images": len(coords),
         "placed": len(placed),

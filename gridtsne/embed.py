@@ -179,6 +179,11 @@ def model_for(options: EmbedOptions) -> Model:
     return _loaded(options.model, options.preprocess, options.threads, options.provider, stamp)
 
 
+def release_models() -> None:
+    """Let the loaded models go (onnxruntime keeps a few hundred MB of arena per model)."""
+    _loaded.cache_clear()
+
+
 @functools.lru_cache(maxsize=4)
 def _loaded(path, preprocessing, threads, provider, stamp) -> Model:
     return load_model(path, preprocessing, threads, provider)

@@ -80,4 +80,6 @@ def run_all(
     ):
         summaries.append(stage.run(workdir, stage_options, context, skip_if_fresh=not force))
         on_stage_done(summaries[-1])
+        if stage is embed.STAGE:
+            embed.release_models()  # the later stages need memory more than the model
     return summaries

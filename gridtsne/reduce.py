@@ -89,7 +89,7 @@ def tsne_2d(
 
     Deterministic for a given seed.
     """
-    x = normalise(np.asarray(embeddings, dtype=np.float64))
+    x = normalise(np.array(embeddings, dtype=np.float64), copy=False)  # one float64 copy, not two
     n_points = len(x)
     if n_points < MIN_TSNE_POINTS:
         return to_unit_square(pca(x, 2)), None

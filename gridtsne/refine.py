@@ -365,7 +365,8 @@ def refine_layout(
         return cell_of_image.astype(np.int32)
     placed = cell_of_image >= 0
     components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
-    components[placed] = projected(np.asarray(vectors)[placed], SWAP_DIMS)
+    # Every image placed (the usual case): no copy of N x D to pick them out.
+    components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
     best_cost, best = np.inf, cell_of_image
     for start in range(starts_for(n_placed) if starts is None else starts):
         sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed + start)

@@ -195,7 +195,14 @@ def start_embed(folder, work, *extra):
         "1",
         *extra,
     ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A runner started in the background (as CI may be) ignores SIGINT, and the child would
+    # inherit that: give it the default, as a terminal would, so Ctrl-C can be tested.
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_chunks(cache_folder, count, process, timeout=120):
