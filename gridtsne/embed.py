@@ -96,29 +96,43 @@ class Model:
     """
 
     def __init__(self, path: Path, prep: Preprocessing, name: str, threads: int = 0, provider: str = "cpu"):
-        import onnxruntime
-
         self.path = Path(path)
         self.name = name
         self.prep = prep
         self.sha256 = file_hash(self.path)
-        self.provider = _provider_name(provider, onnxruntime.get_available_providers())
+        self.threads, self.provider_asked = threads, provider
+        self._session = None
+
+    def load(self) -> Model:
+        """Start onnxruntime on the model (once). Until then a Model only names its weights,
+        which is all a driver that sends the work to a cluster needs: its workers, not
+        the driver, must have the execution provider (a GPU)."""
+        if self._session is not None:
+            return self
+        import onnxruntime
+
+        self.provider = _provider_name(self.provider_asked, onnxruntime.get_available_providers())
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=[self.provider])
+            session = onnxruntime.InferenceSession(str(self.path), options, providers=[self.provider])
         except Exception as error:  # onnxruntime raises its own unrelated types
             raise OptionMismatch("model", f"cannot load the ONNX model {self.path}: {error}") from None
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
+        model_input = session.get_inputs()[0]
         fixed_size = [d for d in model_input.shape[2:] if isinstance(d, int)]
-        if fixed_size and fixed_size != [prep.crop_size] * len(fixed_size):
+        if fixed_size and fixed_size != [self.prep.crop_size] * len(fixed_size):
             raise OptionMismatch(
                 "preprocess",
                 f"{self.path.name} takes {'x'.join(map(str, fixed_size))} pixel input but the "
-                f"preprocessing crops to {prep.crop_size}: set crop_size in its preprocessing JSON",
+                f"preprocessing crops to {self.prep.crop_size}: set crop_size in its preprocessing JSON",
             )
+        self.input_name, self._session = model_input.name, session
+        return self
+
+    @property
+    def session(self):
+        return self.load()._session
 
     @property
     def cache_key(self) -> str:
@@ -186,11 +200,16 @@ def release_models() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _loaded(path, preprocessing, threads, provider, stamp) -> Model:
-    return load_model(path, preprocessing, threads, provider)
+    return load_model(path, preprocessing, threads, provider, start=False)
 
 
 def load_model(
-    path: str | None = None, preprocessing: str | None = None, threads: int = 0, provider: str = "cpu"
+    path: str | None = None,
+    preprocessing: str | None = None,
+    threads: int = 0,
+    provider: str = "cpu",
+    *,
+    start: bool = True,
 ) -> Model:
     """The shipped EfficientNet-Lite0, or a user's ONNX file.
 
@@ -213,7 +232,8 @@ def load_model(
         if not spec.is_file():
             raise OptionMismatch("preprocess", f"no such preprocessing file: {spec}")
     prep = Preprocessing.from_json(spec) if spec.is_file() else Preprocessing()
-    return Model(model_path, prep, name, threads, provider)
+    model = Model(model_path, prep, name, threads, provider)
+    return model.load() if start else model
 
 
 def embed_arrays(model: Model, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -387,6 +407,8 @@ def _embed_found(workdir: Workdir, options: EmbedOptions, context: Context, mode
     the images.json entries, their vectors, the skipped files, and the counts."""
     cache = EmbeddingCache(options.cache or default_cache_dir(workdir), model.cache_key)
     files = [path for path in found.files if options.shard is None or in_shard(path, options.shard)]
+    if not context.cluster:
+        model.load()  # a missing provider or a model that does not fit: said before any work
     if context.cluster:  # the same items, made on a Dask cluster (imported only then)
         from gridtsne import cluster
 

@@ -113,6 +113,9 @@ class FakeModel:
     def describe(self) -> dict:
         return {"name": self.name}
 
+    def load(self) -> "FakeModel":
+        return self
+
     def __call__(self, batch):
         return batch.reshape(len(batch), 3, 4, 8, 4, 8).mean(axis=(3, 5)).reshape(len(batch), -1)
 

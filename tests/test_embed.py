@@ -69,3 +69,11 @@ def test_a_preprocessing_that_does_not_fit_the_model_is_a_clear_error(tmp_path, 
     (tmp_path / "crop.json").write_text(json.dumps({"crop_size": 128}))
     with pytest.raises(OptionMismatch, match="takes 224x224 pixel input"):
         embed.load_model(str(model.path), preprocessing=str(tmp_path / "crop.json"))
+
+
+def test_a_model_names_its_weights_without_starting_onnxruntime_until_it_is_used(model):
+    """A driver that sends the work to a cluster needs the cache key, not the provider."""
+    lazy = embed.load_model(provider="cuda", start=False)  # the shipped model; no CUDA here
+    assert lazy.cache_key == model.cache_key and lazy.describe() == model.describe()
+    with pytest.raises(OptionMismatch, match="CUDAExecutionProvider"):
+        lazy.load()

@@ -29,6 +29,9 @@ class FakeModel(embed.Model):
         self.provider, self.prep = "CPUExecutionProvider", embed.Preprocessing()
         self.calls = []
 
+    def load(self):
+        return self
+
     def __call__(self, batch):
         self.calls.append(len(batch))
         return np.ascontiguousarray(batch[:, :, ::56, ::56].reshape(len(batch), -1), dtype=np.float32)
