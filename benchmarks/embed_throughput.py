@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from gridtsne import embed, images
+from gridtsne.options import EmbedOptions
+from gridtsne.stage import default_jobs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,11 +139,11 @@ def main():
         "--threads",
         type=int,
         nargs="+",
-        default=[embed.DEFAULT_THREADS],
+        default=[EmbedOptions.default("threads")],
         help="onnxruntime threads (0: onnxruntime decides)",
     )
-    parser.add_argument("--jobs", type=int, nargs="+", default=[embed.DEFAULT_JOBS])
-    parser.add_argument("--batch-size", type=int, default=embed.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[default_jobs()])
+    parser.add_argument("--batch-size", type=int, default=EmbedOptions.default("batch_size"))
     parser.add_argument("--naive-images", type=int, default=16, help="the naive loop is slow")
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "gridtsne-camera-jpegs")
     args = parser.parse_args()

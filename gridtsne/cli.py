@@ -19,6 +19,9 @@ import click
 from gridtsne import __version__, assign, embed, export, pipeline, reduce, render
 from gridtsne.errors import GridtsneError, Interrupted, OptionError, OptionMismatch
 from gridtsne.options import (
+    FITS,
+    FORMATS,
+    SOLVERS,
     AssignOptions,
     EmbedOptions,
     PipelineOptions,
@@ -26,6 +29,7 @@ from gridtsne.options import (
     RenderOptions,
     StageOptions,
 )
+from gridtsne.serve import config as serve_defaults  # stdlib only: no server is imported
 from gridtsne.stage import Context
 from gridtsne.workdir import ENV_VAR, Workdir, default_workdir
 
@@ -147,7 +151,7 @@ assign_options = _with(
     stage_option(AssignOptions, "aspect", metavar="W:H",
                  help="Grid shape, e.g. 16:9: the smallest grid of about that width:height in cells "
                  "that holds every image. Ignored with --grid."),
-    stage_option(AssignOptions, "solver", type=click.Choice(("auto", *assign.SOLVERS)),
+    stage_option(AssignOptions, "solver", type=click.Choice(SOLVERS),
                  help=f"exact: optimal, cubic time; blocks: scalable, near-optimal; auto: exact up to "
                  f"{assign.EXACT_MAX_CELLS} cells."),
     stage_option(AssignOptions, "subset", is_flag=True,
@@ -159,14 +163,14 @@ assign_options = _with(
 
 render_options = _with(
     stage_option(RenderOptions, "tile", help="Tile size in pixels (the web page's full zoom)."),
-    stage_option(RenderOptions, "fit", type=click.Choice(render.tiles.FITS),
+    stage_option(RenderOptions, "fit", type=click.Choice(FITS),
                  help="crop: fill the tile, cutting the edges; pad: whole photo on the background; "
                  "stretch: whole photo squeezed to a square."),
     stage_option(RenderOptions, "gap", help="Pixels of background between tiles."),
     stage_option(RenderOptions, "background",
                  help="Colour of empty cells, gaps and margins: a name or #RRGGBB."),
     stage_option(RenderOptions, "quality", help="JPEG/WebP quality (also of the web page's tiles)."),
-    stage_option(RenderOptions, "format", type=click.Choice(("auto", *render.WRITERS)),
+    stage_option(RenderOptions, "format", type=click.Choice(FORMATS),
                  help="Output format; auto: from OUTPUT's extension. Needed when OUTPUT is - (stdout)."),
     stage_option(RenderOptions, "overwrite", is_flag=True,
                  help="Write over an existing OUTPUT that gridtsne did not write (never over a photo)."),
@@ -571,21 +575,21 @@ def status_command(workdir, as_json):
 @click.option(
     "--queue-limit",
     type=click.IntRange(1),
-    default=100,
+    default=serve_defaults.DEFAULT_QUEUE_LIMIT,
     show_default=True,
     help="Jobs that may wait; beyond, a submit is answered 429 with Retry-After.",
 )
 @click.option(
     "--max-upload-mb",
     type=click.IntRange(1),
-    default=32,
+    default=serve_defaults.DEFAULT_MAX_UPLOAD_MB,
     show_default=True,
     help="Largest uploaded file, in MiB (413 beyond).",
 )
 @click.option(
     "--max-files",
     type=click.IntRange(1),
-    default=100,
+    default=serve_defaults.DEFAULT_MAX_FILES,
     show_default=True,
     help="Most files in one upload request (413 beyond).",
 )

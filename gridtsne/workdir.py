@@ -327,7 +327,7 @@ class Workdir:
     def remember_written(self, paths: list[Path]) -> None:
         """Record files just written outside the work directory, so that a rerun may replace them."""
         record = self._written()
-        record.update({str(Path(p).absolute()): sha256_file(p) for p in paths})
+        record.update({str(Path(p).absolute()): file_hash(Path(p)) for p in paths})  # the manifest's too
         save_json(self.file(WRITTEN), record)
 
     def _written(self) -> dict[str, str]:
