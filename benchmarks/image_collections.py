@@ -365,6 +365,27 @@ def textures(archives: dict[str, Archive]) -> Iterator[Candidate]:
             yield Candidate(f"ufoai-textures:{pk3_path}!{path}", f"{folder}-{_stem(path)}", data)
 
 
+# Openclipart's special/ holds no clip-art subjects: templates (CD covers and label, a poster, a
+# gift certificate), a border example, gradients and seamless patterns. shapes/stars/ is 1,375 star
+# polygons drawn by a program, one per point count and step (star_NNptKKstep.png): thin rings that
+# look alike, a fifth of the collection if kept; its three drawn stars are kept.
+_OPENCLIPART_LEFT_OUT = re.compile(r"special/|shapes/stars/star_\d+pt\d+step\.png$")
+
+
+def openclipart(archives: dict[str, Archive]) -> Iterator[Candidate]:
+    root = "usr/share/openclipart/png/"
+
+    def wanted(name: str) -> bool:
+        return (
+            name.startswith(root)
+            and name.endswith(".png")
+            and not _OPENCLIPART_LEFT_OUT.match(name[len(root) :])
+        )
+
+    for path, data in archives["openclipart-png"].members(wanted):
+        yield Candidate(f"openclipart-png:{path}", path[len(root) : -4].replace("/", "-"), data)
+
+
 def _debs(*pairs: str) -> tuple[Source, ...]:
     return tuple(Source("debian", *pair.split(" ")) for pair in pairs)
 
@@ -470,6 +491,23 @@ COLLECTIONS = (
         "Images in usr/share/games/ufoai/base/0textures.pk3 (a zip) under textures/, except normal, "
         "specular, gloss and height maps (*_nm, *_sm, *_gm, *_hm) and tex_common (editor textures).",
         textures,
+    ),
+    Collection(
+        "openclipart",
+        "clip-art / icons / flags (large)",
+        "The Open Clip Art Library's PNG renders as Debian ships them, filed by subject: animals, "
+        "people, food, plants, buildings, transport, tools, office, music, games and playing cards, "
+        "desktop icon themes, flags, map and other symbols, arrows and shapes; drawn, mostly on "
+        "transparency, in many styles.",
+        "Public domain: debian/copyright of openclipart-png gives the Creative Commons Public Domain "
+        "Dedication (Copyright-Only Dedication or Public Domain Certification) for the whole library. "
+        "It names no authors (upstream's per-image .txt files are not in the package); file names "
+        "carry a shortened author name.",
+        _debs("openclipart-png 1:0.18+dfsg-19"),
+        "Regular files usr/share/openclipart/png/**/*.png; the package's 1,221 symlinks (a picture "
+        "filed under a second folder) are not followed. Left out: special/ (templates, examples, "
+        "gradients, patterns) and the program-drawn star polygons shapes/stars/star_NNptKKstep.png.",
+        openclipart,
     ),
 )
 
