@@ -163,10 +163,10 @@ def suite(collections, workdirs, seeds, only=None, ties=("expected",)):
     gridtsne's DPQ_16 margin over each anchor under each tie order."""
     from pathlib import Path
 
-    folders = sorted(p for p in Path(collections).iterdir() if p.is_dir())
+    folders = sorted(p for p in Path(collections).iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [p for p in folders if not only or p.name in only]
     methods = suite_methods()
-    header = f"{'collection':<10} {'N':>5} {'method':<17} "
+    header = f"{'collection':<11} {'N':>5} {'method':<17} "
     header += " ".join(
         f"{'DPQ_16' + ('' if t == 'expected' else ' ' + t[:3]):>10} {'(each seed)':<20}" for t in ties
     )
@@ -189,7 +189,7 @@ def suite(collections, workdirs, seeds, only=None, ties=("expected",)):
                     if tie == ties[0]:
                         np10.append(scores["neighbourhood_preservation"])
             medians[method] = {t: float(np.median(dpq[t])) for t in ties}
-            line = f"{folder.name:<10} {len(embeddings):>5} {method:<17} "
+            line = f"{folder.name:<11} {len(embeddings):>5} {method:<17} "
             line += " ".join(
                 f"{np.median(dpq[t]):10.3f} {' '.join(f'{v:.3f}' for v in dpq[t]):<20}" for t in ties
             )
@@ -207,9 +207,9 @@ def suite(collections, workdirs, seeds, only=None, ties=("expected",)):
         )
     print("\ngridtsne's median DPQ_16 over each anchor's (goal: at least +1% on every collection)")
     names = [f"{a}{'' if t == 'expected' else ' ' + t[:3]}" for t in ties for a in ANCHORS]
-    print(f"{'collection':<10} {'N':>5} " + " ".join(f"{n:>17}" for n in names))
+    print(f"{'collection':<11} {'N':>5} " + " ".join(f"{n:>17}" for n in names))
     for name, size, values in margins:
-        print(f"{name:<10} {size:>5} " + " ".join(f"{v:+16.1f}%" for v in values))
+        print(f"{name:<11} {size:>5} " + " ".join(f"{v:+16.1f}%" for v in values))
 
 
 def main():
