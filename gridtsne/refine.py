@@ -67,6 +67,13 @@ SET_SIDE = 8
 #: averaged over each ring's ranks on the 4,096 mixture's curve, relative to the
 #: nearest ring, rounded. Farther rings weigh under 0.1 and are left out.
 RING_WEIGHTS = {1: 1.0, 2: 0.41, 4: 0.23, 5: 0.12}
+#: Weight of the linear (every neighbour) part of the swap objective against the nearest part.
+SMOOTH_SHARE = 0.5
+#: Weights of an image's four nearest grid neighbours (the cells beside it), sorted by their
+#: embedding distance to it, nearest first. DPQ_16 as its authors compute it orders grid
+#: neighbours at equal distance nearest first, and its p-norm then depends almost only on the
+#: distance to the nearest of the four (rank i's share sum_{k>=i} g_k^15 / k, as above).
+NEAREST_WEIGHTS = (1.0, 0.08, 0.012, 0.004)
 #: Swaps are tried between images up to this many cells apart (in each axis).
 SWAP_REACH = 2
 #: Sweeps over all pairs; they stop early when one makes no swap.
@@ -249,6 +256,46 @@ class _NeighbourDistances:
         return cells
 
 
+_BESIDE = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of ``weights`` times ``values`` sorted ascending, the missing left out."""
+    ordered = np.sort(np.where(missing, np.inf, values), axis=-1)
+    return (np.where(np.isfinite(ordered), ordered, 0.0) * weights).sum(axis=-1)
+
+
+def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
+    """For a swap of the cells at 0 and (d_row, d_col): the cells whose four nearest change
+    (relative padded offsets), and where each of their four distances is read in the
+    stencil before the swap and after it."""
+    pair = [(0, 0), (d_row, d_col)]
+    affected = sorted({(r + e_r, c + e_c) for r, c in pair for e_r, e_c in _BESIDE} | set(pair))
+
+    def holder(cell):  # the cell whose image is in ``cell`` once the pair has swapped
+        return pair[1] if cell == pair[0] else pair[0] if cell == pair[1] else cell
+
+    def offset(cell):
+        return cell[0] * stencil.width + cell[1]
+
+    before_at, before_slot, before_other, after_at, after_slot, after_other = ([] for _ in range(6))
+    for cell in affected:
+        for e_r, e_c in _BESIDE:
+            other = (cell[0] + e_r, cell[1] + e_c)
+            before_at.append(offset(cell))
+            before_slot.append(stencil.slot(e_r, e_c))
+            before_other.append(offset(other))
+            x, y = holder(cell), holder(other)
+            after_at.append(offset(x))
+            after_slot.append(stencil.slot(y[0] - x[0], y[1] - x[1]))
+            after_other.append(offset(y))
+    shape = (len(affected), len(_BESIDE))
+    return tuple(
+        np.reshape(a, shape)
+        for a in (before_at, before_slot, before_other, after_at, after_slot, after_other)
+    )
+
+
 def swap_layout(
     vectors: np.ndarray,
     cell_of_image: np.ndarray,
@@ -260,6 +307,7 @@ def swap_layout(
 ) -> np.ndarray:
     """Step 2: exact pair swaps that lower the weighted neighbour distance (see the module docstring)."""
     rng = np.random.default_rng(seed)
+    nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
     kernel = [
         (d_row, d_col, weight)
@@ -291,6 +339,9 @@ def swap_layout(
                 if (k_row, k_col) != (-d_row, -d_col):  # the second cell's neighbours
                     first_weights[stencil.slot(k_row + d_row, k_col + d_col)] += weight
                     second_weights[stencil.slot(k_row, k_col)] -= weight
+            first_weights *= SMOOTH_SHARE
+            second_weights *= SMOOTH_SHARE
+            gathers = _nearest_gathers(d_row, d_col, stencil)
             for r0 in range(spacing):
                 for c0 in range(spacing):
                     row = np.arange(r0, rows - d_row, spacing)
@@ -299,15 +350,30 @@ def swap_layout(
                     first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
                     if len(first):
                         classes.append(
-                            (first, first + d_row * stencil.width + d_col, first_weights, second_weights)
+                            (
+                                first,
+                                first + d_row * stencil.width + d_col,
+                                first_weights,
+                                second_weights,
+                                gathers,
+                            )
                         )
     for _ in range(sweeps):
         swapped = 0
         for index in rng.permutation(len(classes)):
-            first, second, first_weights, second_weights = classes[index]
+            first, second, first_weights, second_weights, gathers = classes[index]
             both = (occupant[first] != empty) & (occupant[second] != empty)
             first, second = first[both], second[both]
             change = distance[first] @ first_weights + distance[second] @ second_weights
+            if nearest.any():
+                at_offset, slot, other_offset, new_at_offset, new_slot, new_other_offset = gathers
+                base = first[:, None, None]
+                at, other = base + at_offset, base + other_offset
+                new_at, new_other = base + new_at_offset, base + new_other_offset
+                missing = (occupant[at] == empty) | (occupant[other] == empty)
+                new_missing = (occupant[new_at] == empty) | (occupant[new_other] == empty)
+                change += _nearest_cost(distance[new_at, new_slot], new_missing, nearest).sum(axis=1)
+                change -= _nearest_cost(distance[at, slot], missing, nearest).sum(axis=1)
             better = change < -1e-9
             if not better.any():
                 continue
@@ -326,8 +392,10 @@ def starts_for(n_images: int) -> int:
 
 
 def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int) -> float:
-    """The swap step's objective: the ``RING_WEIGHTS``-weighted embedding distance over
-    every pair of occupied grid neighbours, each pair once (lower is better)."""
+    """The swap step's objective (lower is better): ``SMOOTH_SHARE`` times the
+    ``RING_WEIGHTS``-weighted embedding distance over every pair of occupied grid neighbours,
+    each pair once, plus for every image its ``NEAREST_WEIGHTS``-weighted distances to the
+    images beside it, nearest first."""
     vectors = np.asarray(vectors, dtype=np.float64)
     placed = np.flatnonzero(np.asarray(cell_of_image) >= 0)
     occupant = np.full(rows * cols, -1, dtype=np.int64)
@@ -335,17 +403,30 @@ def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, co
     occupant = occupant.reshape(rows, cols)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
     total = 0.0
+    beside = np.full((rows, cols, 4), np.nan)
     for d_row in range(ring + 1):
         for d_col in range(-ring, ring + 1):
             weight = RING_WEIGHTS.get(d_row * d_row + d_col * d_col)
             if not weight or (d_row == 0 and d_col <= 0) or d_row >= rows or abs(d_col) >= cols:
                 continue
-            first = occupant[: rows - d_row, max(0, -d_col) : cols - max(0, d_col)]
-            second = occupant[d_row:, max(0, d_col) : cols - max(0, -d_col)]
+            rows_first = slice(0, rows - d_row)
+            cols_first = slice(max(0, -d_col), cols - max(0, d_col))
+            rows_second = slice(d_row, rows)
+            cols_second = slice(max(0, d_col), cols - max(0, -d_col))
+            first, second = occupant[rows_first, cols_first], occupant[rows_second, cols_second]
             both = (first >= 0) & (second >= 0)
             difference = vectors[first[both]] - vectors[second[both]]
-            total += weight * float(np.sqrt((difference**2).sum(axis=1)).sum())
-    return total
+            distance = np.sqrt((difference**2).sum(axis=1))
+            total += SMOOTH_SHARE * weight * float(distance.sum())
+            if d_row * d_row + d_col * d_col == 1:  # the cells beside: one slot at each end
+                slot = 1 if d_row else 3  # the second is below / right of the first
+                values = np.full(first.shape, np.nan)
+                values[both] = distance
+                beside[rows_first, cols_first, slot] = values
+                beside[rows_second, cols_second, slot - 1] = values
+    missing = np.isnan(beside)
+    costs = _nearest_cost(np.nan_to_num(beside), missing, np.asarray(NEAREST_WEIGHTS, dtype=np.float64))
+    return total + float(costs[occupant >= 0].sum())
 
 
 def refine_layout(

@@ -33,14 +33,19 @@ def test_refinement_leaves_the_empty_cells_where_the_assignment_put_them():
 
 def neighbour_objective(vectors, cell_of_image, cols):
     """The swap step's objective from its definition: the ring-weighted embedding
-    distance over every pair of grid neighbours, each pair once."""
+    distance over every pair of grid neighbours, each pair once, times SMOOTH_SHARE; plus,
+    for every image, the distances to the images beside it, sorted, times NEAREST_WEIGHTS."""
 
     placed = np.flatnonzero(cell_of_image >= 0)
     position = np.stack(np.divmod(cell_of_image[placed], cols), axis=1)
     squared = ((position[:, None, :] - position[None, :, :]) ** 2).sum(axis=2)
     weight = np.vectorize(lambda d2: refine.RING_WEIGHTS.get(int(d2), 0.0))(squared)
     distance = np.linalg.norm(vectors[placed][:, None, :] - vectors[placed][None, :, :], axis=2)
-    return float(np.triu(weight * distance, 1).sum())
+    total = refine.SMOOTH_SHARE * float(np.triu(weight * distance, 1).sum())
+    for image in range(len(placed)):
+        beside = np.sort(distance[image][squared[image] == 1])
+        total += float((beside * np.asarray(refine.NEAREST_WEIGHTS)[: len(beside)]).sum())
+    return total
 
 
 def test_swaps_only_ever_lower_the_neighbour_distance_and_keep_empty_cells():
@@ -55,6 +60,25 @@ def test_swaps_only_ever_lower_the_neighbour_distance_and_keep_empty_cells():
     assert after < 0.9 * before
     # It stops at a local optimum: no single swap it tries lowers the objective further.
     assert np.array_equal(refine.swap_layout(vectors, swapped, 10, 12), swapped)
+
+
+def test_at_the_swaps_optimum_no_swap_within_reach_lowers_the_objective():
+    # Checks the swaps' incremental arithmetic against the objective from its definition:
+    # every swap of two images up to SWAP_REACH apart, tried by brute force, costs more.
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(70, 6)).astype(np.float32)
+    rows, cols = 8, 10
+    cell_of_image = rng.permutation(rows * cols)[:70]  # 10 empty cells
+    swapped = refine.swap_layout(vectors, cell_of_image, rows, cols, sweeps=50)
+    best = neighbour_objective(vectors, swapped, cols)
+    row, col = np.divmod(swapped, cols)
+    for first in range(70):
+        for second in range(first + 1, 70):
+            if max(abs(row[first] - row[second]), abs(col[first] - col[second])) > refine.SWAP_REACH:
+                continue
+            trial = swapped.copy()
+            trial[[first, second]] = trial[[second, first]]
+            assert neighbour_objective(vectors, trial, cols) >= best - 1e-6, (first, second)
 
 
 def test_swaps_undo_a_trade_of_two_neighbouring_images_in_a_perfect_layout():
