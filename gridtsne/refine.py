@@ -76,6 +76,14 @@ SMOOTH_SHARE = 0.5
 NEAREST_WEIGHTS = (1.0, 0.08, 0.012, 0.004)
 #: Swaps are tried between images up to this many cells apart (in each axis).
 SWAP_REACH = 2
+#: Long-range moves: embedding neighbours (nearest first) each image tries to bring beside it,
+#: and rounds of such moves.
+REUNITE_NEIGHBOURS = 8
+REUNITE_ROUNDS = 4
+#: Principal components the embedding neighbours are searched in (their distances are then
+#: taken in ``SWAP_DIMS``): 32 find the same moves as 256 at an eighth of the cost.
+NEIGHBOUR_DIMS = 32
+REUNITE_SLACK = 1.0
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8
 SEED = 0
@@ -386,6 +394,160 @@ def swap_layout(
     return stencil.cell_of_image()
 
 
+def embedding_neighbours(vectors: np.ndarray, k: int, search_dims: int = NEIGHBOUR_DIMS) -> tuple:
+    """Each row's k nearest other rows, nearest first, and their euclidean distances.
+
+    Found exactly among the first ``search_dims`` columns (principal components: a
+    candidate list, so a cheap search does), in chunks of rows that keep the working
+    memory near 64 MB; the distances returned are in all the columns."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n_rows = len(vectors)
+    k = min(k, n_rows - 1)
+    search = np.ascontiguousarray(vectors[:, :search_dims])
+    squares = (search**2).sum(axis=1)
+    index = np.empty((n_rows, k), dtype=np.int64)
+    chunk = max(1, (64 << 20) // (4 * n_rows))
+    for start in range(0, n_rows, chunk):
+        rows = np.arange(start, min(start + chunk, n_rows))
+        squared = squares[rows, None] - 2.0 * (search[rows] @ search.T) + squares[None, :]
+        squared[np.arange(len(rows)), rows] = np.inf
+        nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+        index[rows] = nearest
+    difference = vectors[index] - vectors[:, None, :] if n_rows * k * vectors.shape[1] < (16 << 20) else None
+    if difference is not None:
+        distance = np.sqrt((difference.astype(np.float64) ** 2).sum(axis=2))
+    else:
+        distance = np.empty((n_rows, k))
+        for start in range(0, n_rows, 4096):
+            part = slice(start, start + 4096)
+            difference = vectors[index[part]] - vectors[part, None, :]
+            distance[part] = np.sqrt((difference.astype(np.float64) ** 2).sum(axis=2))
+    order = np.argsort(distance, axis=1, kind="stable")
+    return np.take_along_axis(index, order, axis=1), np.take_along_axis(distance, order, axis=1)
+
+
+class _Grid:
+    """Who is where, on a grid padded by two empty cells on every side, for the long-range moves."""
+
+    PAD = 2
+
+    def __init__(self, vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int):
+        self.rows, self.cols, self.width = rows, cols, cols + 2 * self.PAD
+        self.empty = len(vectors)
+        self.vectors = np.vstack([np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), np.float32)])
+        self.occupant = np.full((rows + 2 * self.PAD) * self.width, self.empty, dtype=np.int64)
+        self.cell = np.full(len(vectors), -1, dtype=np.int64)  # padded cell of each image
+        placed = np.flatnonzero(cell_of_image >= 0)
+        row, col = np.divmod(cell_of_image[placed], cols)
+        self.cell[placed] = (row + self.PAD) * self.width + col + self.PAD
+        self.occupant[self.cell[placed]] = placed
+        ring = [(r, c) for r in range(-2, 3) for c in range(-2, 3) if (r * r + c * c) in RING_WEIGHTS]
+        ring.sort(key=lambda rc: (rc[0] ** 2 + rc[1] ** 2, rc))  # the four beside first, as _BESIDE
+        ring[:4] = _BESIDE
+        self.ring = np.array([r * self.width + c for r, c in ring])
+        self.ring_weight = np.array([RING_WEIGHTS[r * r + c * c] for r, c in ring])
+        self.beside = self.ring[:4]
+
+    def distance(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        difference = self.vectors[first] - self.vectors[second]
+        return np.sqrt((difference.astype(np.float64) ** 2).sum(axis=-1))
+
+    def replace_change(self, cell: np.ndarray, new: np.ndarray, old: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+        """Change of the objective if image ``new`` took the place of ``old`` in ``cell``, all else kept."""
+        around = self.occupant[cell[:, None] + self.ring[None, :]]
+        present = around != self.empty
+        to_new = self.distance(new[:, None], around)
+        to_old = self.distance(old[:, None], around)
+        change = SMOOTH_SHARE * ((to_new - to_old) * present * self.ring_weight).sum(axis=1)
+        change += _nearest_cost(to_new[:, :4], ~present[:, :4], nearest)
+        change -= _nearest_cost(to_old[:, :4], ~present[:, :4], nearest)
+        # The images beside: their own nearest four, with the entry for ``cell`` changed.
+        for side in range(4):
+            neighbour = around[:, side]
+            their = self.occupant[(cell + self.beside[side])[:, None] + self.beside[None, :]]
+            missing = (their == self.empty) | (neighbour == self.empty)[:, None]
+            values = self.distance(neighbour[:, None], their)
+            back = {0: 1, 1: 0, 2: 3, 3: 2}[side]  # _BESIDE's opposite: up/down, left/right
+            after = values.copy()
+            after[:, back] = to_new[:, side]
+            values[:, back] = to_old[:, side]
+            gain = _nearest_cost(after, missing, nearest) - _nearest_cost(values, missing, nearest)
+            change += np.where(neighbour == self.empty, 0.0, gain)
+        return change
+
+    def cell_of_image(self) -> np.ndarray:
+        cells = np.full(self.empty, -1, dtype=np.int64)
+        placed = self.cell >= 0
+        row, col = np.divmod(self.cell[placed], self.width)
+        cells[placed] = (row - self.PAD) * self.cols + col - self.PAD
+        return cells
+
+
+def reunite_layout(
+    vectors: np.ndarray,
+    cell_of_image: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    rounds: int = REUNITE_ROUNDS,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Long-range moves: bring an image's embedding neighbour, wherever it lies on the grid,
+    into a cell beside it, the image there going to the neighbour's old cell, when that
+    lowers the swap objective exactly. Moves whose cells lie more than two apart from every
+    other move's are made together."""
+    nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
+    cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
+    grid = _Grid(vectors, cell_of_image, rows, cols)
+    if neighbours is None:
+        neighbours = embedding_neighbours(grid.vectors[:-1], REUNITE_NEIGHBOURS)
+    index, distance = neighbours
+    for _ in range(rounds):
+        placed = np.flatnonzero(grid.cell >= 0)
+        beside = grid.occupant[grid.cell[placed][:, None] + grid.beside[None, :]]
+        closest = np.where(beside != grid.empty, grid.distance(placed[:, None], beside), np.inf).min(axis=1)
+        # Candidates: image i, its neighbour j nearer than any image beside i now, a cell beside i.
+        image, rank = np.nonzero(distance[placed] < REUNITE_SLACK * closest[:, None] - 1e-12)
+        image = placed[image]
+        partner = index[image, rank]
+        image = np.repeat(image, 4)
+        partner = np.repeat(partner, 4)
+        target = grid.cell[image] + np.tile(grid.beside, len(image) // 4)
+        source = grid.cell[partner]
+        there = grid.occupant[target]
+        target_row, target_col = np.divmod(target, grid.width)
+        source_row, source_col = np.divmod(source, grid.width)
+        apart = np.maximum(np.abs(target_row - source_row), np.abs(target_col - source_col)) > 2
+        keep = (source >= 0) & (there != grid.empty) & apart
+        target, source, there, partner = target[keep], source[keep], there[keep], partner[keep]
+        if not len(target):
+            break
+        change = np.empty(len(target))
+        for start in range(0, len(target), 4096):  # bounds the gathered vectors to ~100 MB
+            part = slice(start, start + 4096)
+            change[part] = grid.replace_change(target[part], partner[part], there[part], nearest)
+            change[part] += grid.replace_change(source[part], there[part], partner[part], nearest)
+        better = np.flatnonzero(change < -1e-9)
+        if not len(better):
+            break
+        locked = np.zeros(len(grid.occupant), dtype=bool)
+        box = np.array([r * grid.width + c for r in range(-2, 3) for c in range(-2, 3)])
+        moved = 0
+        for move in better[np.argsort(change[better], kind="stable")]:
+            a, b = target[move], source[move]
+            if locked[a] or locked[b]:
+                continue
+            locked[a + box] = True
+            locked[b + box] = True
+            j, m = partner[move], there[move]
+            grid.occupant[a], grid.occupant[b] = j, m
+            grid.cell[j], grid.cell[m] = a, b
+            moved += 1
+        if not moved:
+            break
+    return grid.cell_of_image()
+
+
 def starts_for(n_images: int) -> int:
     """How many sorting seeds a grid of ``n_images`` is refined from."""
     return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
@@ -449,9 +611,13 @@ def refine_layout(
     # Every image placed (the usual case): no copy of N x D to pick them out.
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
     best_cost, best = np.inf, cell_of_image
+    neighbours = embedding_neighbours(components, REUNITE_NEIGHBOURS) if REUNITE_ROUNDS else None
     for start in range(starts_for(n_placed) if starts is None else starts):
         sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed + start)
         cells = swap_layout(components, sorted_cells, rows, cols, seed=seed + start)
+        if REUNITE_ROUNDS:
+            cells = reunite_layout(components, cells, rows, cols, neighbours=neighbours)
+            cells = swap_layout(components, cells, rows, cols, seed=seed + start)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
