@@ -1,43 +1,43 @@
-"""Improve a grid layout against the embedding itself: sorting, then exact swaps.
+"""Improve a grid layout against the embedding itself: swaps and long-range moves.
 
 The assignment places images where the 2-D map puts them; the map is a
 compression of the embedding, so neighbours on the grid are close in the map
-but not always the closest in the embedding, and t-SNE's global arrangement of
-groups (bands, a group split in two) is often not the most compact one on a
-grid. Refinement works on the grid directly, in two steps.
+but not always the closest in the embedding. Refinement works on the grid
+directly, against the embeddings' first ``SWAP_DIMS`` principal components.
 
-1. **Sorting**, in the manner of Linear Assignment Sorting and its fast
-   variant FLAS (Barthel, Hezel, Jung and Schall, Computer Graphics Forum
-   2023), started from the t-SNE assignment instead of from random. Each pass
-   smooths the grid of embedding vectors with a box filter, so that every cell
-   holds what its neighbourhood looks like, cuts the grid into sets of 8 x 8
-   cells spaced ``radius / 4`` apart (so a set spans about twice the filter
-   radius), and re-assigns the images of each set to its cells by exact
-   linear assignment against the smoothed vectors. The radius descends from a
-   third of the grid's longer side to 1: the first passes move whole groups
-   into compact regions, the last ones order neighbours. A start at a third
-   keeps t-SNE's arrangement as the frame: started from random, the same
-   passes score lower; started at half the side, they forget the start and
-   score the same from random as from t-SNE (benchmarks/refine_ablation.py).
-2. **Swaps**: exact local search on the objective DPQ_16 weighs most, the
-   embedding distance of every image to its grid neighbours, the four nearest
-   at weight 1 and the rings at distances sqrt 2, 2 and sqrt 5 at the weights
-   DPQ_16's p-norm gives them (``RING_WEIGHTS``). Every pair of images up to
-   two cells apart is tried; a swap is made only when it lowers the objective
-   exactly, so this step can only improve it. Pairs far enough apart not to
-   see each other are evaluated together, so a sweep is a few hundred numpy
-   operations at any N.
+The objective (``neighbour_cost``, lower is better) is made of what DPQ_16
+weighs. DPQ_16 as its authors compute it orders grid neighbours at equal
+distance nearest first, and its p-norm then depends almost only on the
+embedding distance from each image to the *nearest* of the four beside it:
+that distance, with small weights for the other three in order
+(``NEAREST_WEIGHTS``), is the first part. The second, at ``SMOOTH_SHARE``, is
+the distance to every neighbour, the four beside at weight 1 and the rings at
+distances sqrt 2, 2 and sqrt 5 at the weights DPQ_16 gives them when each
+ring counts at its mean (``RING_WEIGHTS``): it keeps the whole neighbourhood
+alike, not just one pair.
 
-Sorting is randomised (where the sets of cells fall) and the swaps stop at a
-local optimum, so different sorting seeds end in different layouts, a
-percent or so of DPQ_16 apart. Small grids are therefore refined from
-``starts_for(N)`` seeds and the layout with the lowest swap objective kept
-(``neighbour_cost``); the number of starts is bounded so that N x starts
-stays within ``START_IMAGES``, which keeps large grids at one start and
-reduce + assign of 1,024 images within its time (docs/benchmarks.md).
+1. **Swaps**: every pair of images up to two cells apart is tried; a swap is
+   made only when it lowers the objective exactly. Pairs far enough apart not
+   to see each other are evaluated together, so a sweep is a few hundred
+   numpy operations at any N.
+2. **Long-range moves** (``reunite_layout``): t-SNE sometimes puts an image
+   far from its nearest neighbours in the embedding, out of the swaps' reach.
+   Each of an image's ``REUNITE_NEIGHBOURS`` nearest in the embedding that is
+   nearer than every image beside it now is tried in each cell beside it, the
+   image there taking the neighbour's old cell; a move is made when it lowers
+   the objective exactly, and moves far enough apart are made together, best
+   first.
+3. **Swaps** again, from where the moves left the grid.
 
-Every set is a complete assignment of the images it holds to the cells they
-hold, and swaps exchange two images, so the layout stays complete and empty
+Every step can only lower the objective. The swaps' order is seeded, and
+small grids are refined from ``starts_for(N)`` seeds, the lowest objective
+kept (bounded so that N x starts stays within ``START_IMAGES``; large grids
+get one). The sorting passes in the manner of LAS/FLAS (Barthel et al. 2023)
+that came first until 0.2 are gone: they made the grid smoother but moved
+near-duplicates apart, and scored lower in DPQ_16 on every real collection
+(docs/benchmarks.md).
+
+Swaps and moves exchange two images, so the layout stays complete and empty
 cells stay where the assignment put them (at the map's sparse edges, not as
 holes among the photos). Seeded: the same input gives the same layout.
 """
@@ -48,19 +48,9 @@ import numpy as np
 
 from gridtsne.vectors import pca
 
-#: Principal components the sorting works in (the smoothing and matching cost
-#: O(N x dims) a pass); the swaps work in ``SWAP_DIMS``, which keep more of the
-#: fine structure that decides which of two similar images is nearer
-#: (benchmarks/refine_ablation.py compares 64, 256 and all dimensions).
-SORT_DIMS = 64
+#: Principal components the swaps and moves work in: they keep the fine structure that
+#: decides which of two similar images is nearer, at a fifth of 1,280 dimensions' cost.
 SWAP_DIMS = 256
-#: First filter radius, as a share of the grid's longer side.
-START_SHARE = 1 / 3
-#: Each pass's radius is this times the last's, down to 1; then ``FINAL_PASSES`` at radius 1.
-RADIUS_DECAY = 0.96
-FINAL_PASSES = 3
-#: Side of the sets of cells whose images are re-assigned together.
-SET_SIDE = 8
 #: Weight of a neighbour in the swap objective, by squared grid distance: how much
 #: DPQ_16 moves with the mean embedding distance of that ring of grid neighbours.
 #: With g_k the gain over random at rank k, rank i's share is sum_{k>=i} g_k^15 / k;
@@ -83,7 +73,6 @@ REUNITE_ROUNDS = 4
 #: Principal components the embedding neighbours are searched in (their distances are then
 #: taken in ``SWAP_DIMS``): 32 find the same moves as 256 at an eighth of the cost.
 NEIGHBOUR_DIMS = 32
-REUNITE_SLACK = 1.0
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8
 SEED = 0
@@ -96,50 +85,19 @@ MAX_STARTS = 3
 def settings() -> dict:
     """Every refinement setting, for assign.json."""
     return {
-        "sort_dims": SORT_DIMS,
-        "start_share": round(START_SHARE, 4),
-        "radius_decay": RADIUS_DECAY,
-        "final_passes": FINAL_PASSES,
-        "set_side": SET_SIDE,
         "swap_dims": SWAP_DIMS,
         "ring_weights": {str(d2): w for d2, w in RING_WEIGHTS.items()},
         "swap_reach": SWAP_REACH,
+        "smooth_share": SMOOTH_SHARE,
+        "nearest_weights": list(NEAREST_WEIGHTS),
+        "reunite_neighbours": REUNITE_NEIGHBOURS,
+        "reunite_rounds": REUNITE_ROUNDS,
+        "neighbour_dims": NEIGHBOUR_DIMS,
         "max_sweeps": MAX_SWEEPS,
         "seed": SEED,
         "start_images": START_IMAGES,
         "max_starts": MAX_STARTS,
     }
-
-
-def radius_schedule(rows: int, cols: int, start_share: float = START_SHARE) -> tuple[int, ...]:
-    """Filter radii of the sorting passes, coarse to fine."""
-    radius, radii = max(1.0, max(rows, cols) * start_share), []
-    while radius >= 1:
-        radii.append(int(round(radius)))
-        radius *= RADIUS_DECAY
-    return tuple(radii + [1] * FINAL_PASSES)
-
-
-def box_sum(grid: np.ndarray, radius: int) -> np.ndarray:
-    """Sum over the (2r+1)^2 box around every cell (clipped at the edges): a running
-    sum down the rows, then across the columns (float64, so large grids keep precision)."""
-    summed = np.asarray(grid, dtype=np.float64)
-    for axis in (0, 1):
-        length = summed.shape[axis]
-        running = np.concatenate(
-            [np.zeros_like(summed.take([0], axis=axis)), summed.cumsum(axis=axis)], axis=axis
-        )
-        high = np.minimum(np.arange(length) + radius + 1, length)
-        low = np.maximum(np.arange(length) - radius, 0)
-        summed = running.take(high, axis=axis) - running.take(low, axis=axis)
-    return summed
-
-
-def box_mean(grid: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
-    """Mean of the occupied cells in a (2r+1)^2 box around every cell (rows x cols x D)."""
-    total = box_sum(grid * weight[..., None], radius)
-    count = box_sum(weight, radius)
-    return (total / np.maximum(count, 1e-12)[..., None]).astype(np.float32)
 
 
 def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
@@ -148,61 +106,6 @@ def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
     if vectors.shape[1] <= dims:
         return vectors
     return pca(vectors, dims).astype(np.float32)
-
-
-def set_of_cell(rows: int, cols: int, spacing: int, rng: np.random.Generator) -> np.ndarray:
-    """A set number for every cell (row-major): sets of up to SET_SIDE x SET_SIDE cells,
-    ``spacing`` apart, tiling the grid from a random offset."""
-    span = SET_SIDE * spacing
-    row = np.arange(rows) + rng.integers(span)
-    col = np.arange(cols) + rng.integers(span)
-    # A cell's set: the block of span x span it lies in, and its phase in that block's lattice.
-    row_key = (row // span) * spacing + row % spacing
-    col_key = (col // span) * spacing + col % spacing
-    return (row_key[:, None] * (col_key.max() + 1) + col_key[None, :]).ravel()
-
-
-def sort_layout(
-    vectors: np.ndarray,
-    cell_of_image: np.ndarray,
-    rows: int,
-    cols: int,
-    *,
-    radii: tuple[int, ...] | None = None,
-    seed: int = SEED,
-) -> np.ndarray:
-    """Step 1: LAS-style sorting passes over sets of cells (see the module docstring)."""
-    from scipy.optimize import linear_sum_assignment
-
-    radii = radius_schedule(rows, cols) if radii is None else radii
-    rng = np.random.default_rng(seed)
-    vectors = np.asarray(vectors, dtype=np.float32)
-    cell_of_image = np.asarray(cell_of_image, dtype=np.int64).copy()
-    placed = np.flatnonzero(cell_of_image >= 0)
-    dimension = vectors.shape[1]
-    weight = np.zeros(rows * cols, dtype=np.float32)
-    weight[cell_of_image[placed]] = 1.0  # empty cells never move, so this stays
-    for radius in radii:
-        grid = np.zeros((rows * cols, dimension), dtype=np.float32)
-        grid[cell_of_image[placed]] = vectors[placed]
-        target = box_mean(grid.reshape(rows, cols, dimension), weight.reshape(rows, cols), radius)
-        target = target.reshape(rows * cols, dimension)
-        target_sq = (target**2).sum(axis=1)
-        occupant = np.full(rows * cols, -1, dtype=np.int64)
-        occupant[cell_of_image[placed]] = placed
-        cells = np.flatnonzero(occupant >= 0)  # images trade only the cells they hold
-        set_ids = set_of_cell(rows, cols, max(1, round(2 * radius / SET_SIDE)), rng)[cells]
-        order = np.argsort(set_ids, kind="stable")
-        cells, set_ids = cells[order], set_ids[order]
-        for members in np.split(cells, np.flatnonzero(np.diff(set_ids)) + 1):
-            if len(members) < 2:
-                continue
-            images = occupant[members]
-            # ||x - t||^2 without the ||x||^2 that every cell shares.
-            cost = target_sq[members][None, :] - 2.0 * (vectors[images] @ target[members].T)
-            image_index, cell_index = linear_sum_assignment(cost)
-            cell_of_image[images[image_index]] = members[cell_index]
-    return cell_of_image
 
 
 class _NeighbourDistances:
@@ -434,7 +337,10 @@ class _Grid:
     def __init__(self, vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int):
         self.rows, self.cols, self.width = rows, cols, cols + 2 * self.PAD
         self.empty = len(vectors)
-        self.vectors = np.vstack([np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), np.float32)])
+        self.vectors = np.vstack(
+            [np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), np.float32)]
+        )
+        self.squares = (self.vectors.astype(np.float64) ** 2).sum(axis=1)
         self.occupant = np.full((rows + 2 * self.PAD) * self.width, self.empty, dtype=np.int64)
         self.cell = np.full(len(vectors), -1, dtype=np.int64)  # padded cell of each image
         placed = np.flatnonzero(cell_of_image >= 0)
@@ -449,10 +355,13 @@ class _Grid:
         self.beside = self.ring[:4]
 
     def distance(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        difference = self.vectors[first] - self.vectors[second]
-        return np.sqrt((difference.astype(np.float64) ** 2).sum(axis=-1))
+        """Embedding distance between images (broadcast), as the swaps' stencil computes it."""
+        dot = np.einsum("...d,...d->...", self.vectors[first], self.vectors[second])
+        return np.sqrt(np.maximum(self.squares[first] + self.squares[second] - 2.0 * dot, 0.0))
 
-    def replace_change(self, cell: np.ndarray, new: np.ndarray, old: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    def replace_change(
+        self, cell: np.ndarray, new: np.ndarray, old: np.ndarray, nearest: np.ndarray
+    ) -> np.ndarray:
         """Change of the objective if image ``new`` took the place of ``old`` in ``cell``, all else kept."""
         around = self.occupant[cell[:, None] + self.ring[None, :]]
         present = around != self.empty
@@ -507,7 +416,7 @@ def reunite_layout(
         beside = grid.occupant[grid.cell[placed][:, None] + grid.beside[None, :]]
         closest = np.where(beside != grid.empty, grid.distance(placed[:, None], beside), np.inf).min(axis=1)
         # Candidates: image i, its neighbour j nearer than any image beside i now, a cell beside i.
-        image, rank = np.nonzero(distance[placed] < REUNITE_SLACK * closest[:, None] - 1e-12)
+        image, rank = np.nonzero(distance[placed] < closest[:, None] - 1e-12)
         image = placed[image]
         partner = index[image, rank]
         image = np.repeat(image, 4)
@@ -549,7 +458,7 @@ def reunite_layout(
 
 
 def starts_for(n_images: int) -> int:
-    """How many sorting seeds a grid of ``n_images`` is refined from."""
+    """How many seeds a grid of ``n_images`` is refined from."""
     return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
 
 
@@ -600,8 +509,8 @@ def refine_layout(
     seed: int = SEED,
     starts: int | None = None,
 ) -> np.ndarray:
-    """A new cell for every image (-1 stays -1): sorted, then swapped, against ``vectors``,
-    from ``starts`` sorting seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
+    """A new cell for every image (-1 stays -1): swapped, moved, swapped again against
+    ``vectors``, from ``starts`` seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
     if n_placed < 2:
@@ -610,14 +519,12 @@ def refine_layout(
     components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
     # Every image placed (the usual case): no copy of N x D to pick them out.
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
+    neighbours = embedding_neighbours(components, REUNITE_NEIGHBOURS)
     best_cost, best = np.inf, cell_of_image
-    neighbours = embedding_neighbours(components, REUNITE_NEIGHBOURS) if REUNITE_ROUNDS else None
     for start in range(starts_for(n_placed) if starts is None else starts):
-        sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed + start)
-        cells = swap_layout(components, sorted_cells, rows, cols, seed=seed + start)
-        if REUNITE_ROUNDS:
-            cells = reunite_layout(components, cells, rows, cols, neighbours=neighbours)
-            cells = swap_layout(components, cells, rows, cols, seed=seed + start)
+        cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start)
+        cells = reunite_layout(components, cells, rows, cols, neighbours=neighbours)
+        cells = swap_layout(components, cells, rows, cols, seed=seed + start)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells

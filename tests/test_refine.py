@@ -1,4 +1,4 @@
-"""refine: sorting and swaps after the assignment keep the layout complete and only improve it."""
+"""refine: swaps and long-range moves after the assignment keep the layout complete and only improve it."""
 
 import numpy as np
 
@@ -108,19 +108,6 @@ def test_swaps_undo_a_trade_of_two_neighbouring_images_in_a_perfect_layout():
         assert np.array_equal(restored, np.arange(rows * cols)), (first, second)
 
 
-def test_sorting_sets_hold_at_most_set_side_squared_cells_spaced_apart():
-
-    rng = np.random.default_rng(9)
-    for spacing in (1, 3):
-        set_ids = refine.set_of_cell(50, 37, spacing, rng)
-        row, col = np.divmod(np.arange(50 * 37), 37)
-        for members in np.unique(set_ids):
-            held = set_ids == members
-            assert held.sum() <= refine.SET_SIDE**2
-            assert len(set(row[held] % spacing)) == 1 and len(set(col[held] % spacing)) == 1
-            assert np.ptp(row[held]) < refine.SET_SIDE * spacing
-
-
 def test_refinement_is_deterministic():
 
     rng = np.random.default_rng(10)
@@ -138,7 +125,7 @@ def test_neighbour_cost_is_the_swap_objective_from_its_definition():
     assert np.isclose(refine.neighbour_cost(vectors, cell_of_image, 10, 12), expected)
 
 
-def test_small_grids_keep_the_best_of_several_sorting_seeds():
+def test_small_grids_keep_the_best_of_several_seeds():
     assert refine.starts_for(200) == refine.MAX_STARTS
     assert refine.starts_for(1024) == 1  # large grids: one start, as before
     rng = np.random.default_rng(5)
@@ -192,4 +179,6 @@ def test_long_range_moves_bring_a_far_nearest_neighbour_beside_and_only_lower_th
     assert set(moved.tolist()) == set(cell_of_image.tolist())
     a, b = (np.divmod(moved[i], cols) for i in (10, 200))
     assert abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1  # side by side
-    assert refine.neighbour_cost(vectors, moved, rows, cols) < refine.neighbour_cost(vectors, cell_of_image, rows, cols)
+    assert refine.neighbour_cost(vectors, moved, rows, cols) < refine.neighbour_cost(
+        vectors, cell_of_image, rows, cols
+    )
