@@ -457,6 +457,18 @@ def reunite_layout(
     return grid.cell_of_image()
 
 
+def _placed_neighbours(components: np.ndarray, placed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``embedding_neighbours`` among the placed images only (rows of the others are never read)."""
+    if placed.all():
+        return embedding_neighbours(components, REUNITE_NEIGHBOURS)
+    where = np.flatnonzero(placed)
+    found, found_distance = embedding_neighbours(components[where], REUNITE_NEIGHBOURS)
+    index = np.zeros((len(components), found.shape[1]), dtype=np.int64)
+    distance = np.full((len(components), found.shape[1]), np.inf)
+    index[where], distance[where] = where[found], found_distance
+    return index, distance
+
+
 def starts_for(n_images: int) -> int:
     """How many seeds a grid of ``n_images`` is refined from."""
     return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
@@ -519,11 +531,11 @@ def refine_layout(
     components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
     # Every image placed (the usual case): no copy of N x D to pick them out.
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
-    neighbours = embedding_neighbours(components, REUNITE_NEIGHBOURS)
+    neighbours = _placed_neighbours(components, placed)
     best_cost, best = np.inf, cell_of_image
     for start in range(starts_for(n_placed) if starts is None else starts):
         cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start)
-        cells = reunite_layout(components, cells, rows, cols, neighbours=neighbours)
+        cells = reunite_layout(components, cells, rows, cols, rounds=REUNITE_ROUNDS, neighbours=neighbours)
         cells = swap_layout(components, cells, rows, cols, seed=seed + start)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing

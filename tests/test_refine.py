@@ -182,3 +182,14 @@ def test_long_range_moves_bring_a_far_nearest_neighbour_beside_and_only_lower_th
     assert refine.neighbour_cost(vectors, moved, rows, cols) < refine.neighbour_cost(
         vectors, cell_of_image, rows, cols
     )
+
+
+def test_images_left_out_of_the_grid_are_never_moved_onto_it():
+    # With --subset some images have cell -1: refinement neither places them nor
+    # counts them as anyone's neighbour.
+    rng = np.random.default_rng(14)
+    vectors = rng.normal(size=(120, 10)).astype(np.float32)
+    cell_of_image = np.full(120, -1)
+    cell_of_image[:100] = rng.permutation(100)
+    refined = refine.refine_layout(vectors, cell_of_image, 10, 10)
+    assert (refined[100:] == -1).all() and sorted(refined[:100].tolist()) == list(range(100))
