@@ -11,9 +11,8 @@ and NP@10 of:
 
 - the assignment alone (`assign --no-refine`);
 - swaps on the smooth part of the objective alone (every neighbour, the
-  rings at RING_WEIGHTS), no nearest term, no long-range moves;
-- swaps with the nearest term (NEAREST_WEIGHTS), no long-range moves;
-- the default: swaps, long-range moves, swaps (`refine.refine_layout`);
+  rings at RING_WEIGHTS), no nearest term: the swaps of 0.1;
+- the default, swaps with the nearest term as well (`refine.refine_layout`);
 - the default with one start on every grid (small grids get starts_for(N)).
 
 Each row is the median over --seeds, with the median seconds of the refinement.

@@ -1,4 +1,4 @@
-"""Improve a grid layout against the embedding itself: swaps and long-range moves.
+"""Improve a grid layout against the embedding itself, by exact swaps.
 
 The assignment places images where the 2-D map puts them; the map is a
 compression of the embedding, so neighbours on the grid are close in the map
@@ -16,30 +16,23 @@ distances sqrt 2, 2 and sqrt 5 at the weights DPQ_16 gives them when each
 ring counts at its mean (``RING_WEIGHTS``): it keeps the whole neighbourhood
 alike, not just one pair.
 
-1. **Swaps**: every pair of images up to two cells apart is tried; a swap is
-   made only when it lowers the objective exactly. Pairs far enough apart not
-   to see each other are evaluated together, so a sweep is a few hundred
-   numpy operations at any N.
-2. **Long-range moves** (``reunite_layout``): t-SNE sometimes puts an image
-   far from its nearest neighbours in the embedding, out of the swaps' reach.
-   Each of an image's ``REUNITE_NEIGHBOURS`` nearest in the embedding that is
-   nearer than every image beside it now is tried in each cell beside it, the
-   image there taking the neighbour's old cell; a move is made when it lowers
-   the objective exactly, and moves far enough apart are made together, best
-   first.
-3. **Swaps** again, from where the moves left the grid.
+**Swaps**: every pair of images up to two cells apart is tried; a swap is
+made only when it lowers the objective exactly, so refinement can only
+improve it. Pairs far enough apart not to see each other are evaluated
+together, so a sweep is a few hundred numpy operations at any N. The swaps'
+order is seeded, and small grids are refined from ``starts_for(N)`` seeds,
+the lowest objective kept (bounded so that N x starts stays within
+``START_IMAGES``; large grids get one).
 
-Every step can only lower the objective. The swaps' order is seeded, and
-small grids are refined from ``starts_for(N)`` seeds, the lowest objective
-kept (bounded so that N x starts stays within ``START_IMAGES``; large grids
-get one). The sorting passes in the manner of LAS/FLAS (Barthel et al. 2023)
-that came first until 0.2 are gone: they made the grid smoother but moved
-near-duplicates apart, and scored lower in DPQ_16 on every real collection
-(docs/benchmarks.md).
+Until 0.2, sorting passes in the manner of LAS/FLAS (Barthel et al. 2023)
+came first: they made the grid smoother but moved near-duplicates apart, and
+scored lower in DPQ_16 on every real collection; long-range moves that bring
+an image's embedding neighbours beside it from anywhere on the grid repaired
+much of that, and add nothing once sorting is gone (docs/benchmarks.md).
 
-Swaps and moves exchange two images, so the layout stays complete and empty
-cells stay where the assignment put them (at the map's sparse edges, not as
-holes among the photos). Seeded: the same input gives the same layout.
+Swaps exchange two images, so the layout stays complete and empty cells stay
+where the assignment put them (at the map's sparse edges, not as holes among
+the photos). Seeded: the same input gives the same layout.
 """
 
 from __future__ import annotations
@@ -66,13 +59,6 @@ SMOOTH_SHARE = 0.5
 NEAREST_WEIGHTS = (1.0, 0.08, 0.012, 0.004)
 #: Swaps are tried between images up to this many cells apart (in each axis).
 SWAP_REACH = 2
-#: Long-range moves: embedding neighbours (nearest first) each image tries to bring beside it,
-#: and rounds of such moves.
-REUNITE_NEIGHBOURS = 8
-REUNITE_ROUNDS = 4
-#: Principal components the embedding neighbours are searched in (their distances are then
-#: taken in ``SWAP_DIMS``): 32 find the same moves as 256 at an eighth of the cost.
-NEIGHBOUR_DIMS = 32
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8
 SEED = 0
@@ -90,9 +76,6 @@ def settings() -> dict:
         "swap_reach": SWAP_REACH,
         "smooth_share": SMOOTH_SHARE,
         "nearest_weights": list(NEAREST_WEIGHTS),
-        "reunite_neighbours": REUNITE_NEIGHBOURS,
-        "reunite_rounds": REUNITE_ROUNDS,
-        "neighbour_dims": NEIGHBOUR_DIMS,
         "max_sweeps": MAX_SWEEPS,
         "seed": SEED,
         "start_images": START_IMAGES,
@@ -216,7 +199,7 @@ def swap_layout(
     sweeps: int = MAX_SWEEPS,
     seed: int = SEED,
 ) -> np.ndarray:
-    """Step 2: exact pair swaps that lower the weighted neighbour distance (see the module docstring)."""
+    """Exact pair swaps that lower the objective (see the module docstring)."""
     rng = np.random.default_rng(seed)
     nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
@@ -297,178 +280,6 @@ def swap_layout(
     return stencil.cell_of_image()
 
 
-def embedding_neighbours(vectors: np.ndarray, k: int, search_dims: int = NEIGHBOUR_DIMS) -> tuple:
-    """Each row's k nearest other rows, nearest first, and their euclidean distances.
-
-    Found exactly among the first ``search_dims`` columns (principal components: a
-    candidate list, so a cheap search does), in chunks of rows that keep the working
-    memory near 64 MB; the distances returned are in all the columns."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    n_rows = len(vectors)
-    k = min(k, n_rows - 1)
-    search = np.ascontiguousarray(vectors[:, :search_dims])
-    squares = (search**2).sum(axis=1)
-    index = np.empty((n_rows, k), dtype=np.int64)
-    chunk = max(1, (64 << 20) // (4 * n_rows))
-    for start in range(0, n_rows, chunk):
-        rows = np.arange(start, min(start + chunk, n_rows))
-        squared = squares[rows, None] - 2.0 * (search[rows] @ search.T) + squares[None, :]
-        squared[np.arange(len(rows)), rows] = np.inf
-        nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
-        index[rows] = nearest
-    difference = vectors[index] - vectors[:, None, :] if n_rows * k * vectors.shape[1] < (16 << 20) else None
-    if difference is not None:
-        distance = np.sqrt((difference.astype(np.float64) ** 2).sum(axis=2))
-    else:
-        distance = np.empty((n_rows, k))
-        for start in range(0, n_rows, 4096):
-            part = slice(start, start + 4096)
-            difference = vectors[index[part]] - vectors[part, None, :]
-            distance[part] = np.sqrt((difference.astype(np.float64) ** 2).sum(axis=2))
-    order = np.argsort(distance, axis=1, kind="stable")
-    return np.take_along_axis(index, order, axis=1), np.take_along_axis(distance, order, axis=1)
-
-
-class _Grid:
-    """Who is where, on a grid padded by two empty cells on every side, for the long-range moves."""
-
-    PAD = 2
-
-    def __init__(self, vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int):
-        self.rows, self.cols, self.width = rows, cols, cols + 2 * self.PAD
-        self.empty = len(vectors)
-        self.vectors = np.vstack(
-            [np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), np.float32)]
-        )
-        self.squares = (self.vectors.astype(np.float64) ** 2).sum(axis=1)
-        self.occupant = np.full((rows + 2 * self.PAD) * self.width, self.empty, dtype=np.int64)
-        self.cell = np.full(len(vectors), -1, dtype=np.int64)  # padded cell of each image
-        placed = np.flatnonzero(cell_of_image >= 0)
-        row, col = np.divmod(cell_of_image[placed], cols)
-        self.cell[placed] = (row + self.PAD) * self.width + col + self.PAD
-        self.occupant[self.cell[placed]] = placed
-        ring = [(r, c) for r in range(-2, 3) for c in range(-2, 3) if (r * r + c * c) in RING_WEIGHTS]
-        ring.sort(key=lambda rc: (rc[0] ** 2 + rc[1] ** 2, rc))  # the four beside first, as _BESIDE
-        ring[:4] = _BESIDE
-        self.ring = np.array([r * self.width + c for r, c in ring])
-        self.ring_weight = np.array([RING_WEIGHTS[r * r + c * c] for r, c in ring])
-        self.beside = self.ring[:4]
-
-    def distance(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Embedding distance between images (broadcast), as the swaps' stencil computes it."""
-        dot = np.einsum("...d,...d->...", self.vectors[first], self.vectors[second])
-        return np.sqrt(np.maximum(self.squares[first] + self.squares[second] - 2.0 * dot, 0.0))
-
-    def replace_change(
-        self, cell: np.ndarray, new: np.ndarray, old: np.ndarray, nearest: np.ndarray
-    ) -> np.ndarray:
-        """Change of the objective if image ``new`` took the place of ``old`` in ``cell``, all else kept."""
-        around = self.occupant[cell[:, None] + self.ring[None, :]]
-        present = around != self.empty
-        to_new = self.distance(new[:, None], around)
-        to_old = self.distance(old[:, None], around)
-        change = SMOOTH_SHARE * ((to_new - to_old) * present * self.ring_weight).sum(axis=1)
-        change += _nearest_cost(to_new[:, :4], ~present[:, :4], nearest)
-        change -= _nearest_cost(to_old[:, :4], ~present[:, :4], nearest)
-        # The images beside: their own nearest four, with the entry for ``cell`` changed.
-        for side in range(4):
-            neighbour = around[:, side]
-            their = self.occupant[(cell + self.beside[side])[:, None] + self.beside[None, :]]
-            missing = (their == self.empty) | (neighbour == self.empty)[:, None]
-            values = self.distance(neighbour[:, None], their)
-            back = {0: 1, 1: 0, 2: 3, 3: 2}[side]  # _BESIDE's opposite: up/down, left/right
-            after = values.copy()
-            after[:, back] = to_new[:, side]
-            values[:, back] = to_old[:, side]
-            gain = _nearest_cost(after, missing, nearest) - _nearest_cost(values, missing, nearest)
-            change += np.where(neighbour == self.empty, 0.0, gain)
-        return change
-
-    def cell_of_image(self) -> np.ndarray:
-        cells = np.full(self.empty, -1, dtype=np.int64)
-        placed = self.cell >= 0
-        row, col = np.divmod(self.cell[placed], self.width)
-        cells[placed] = (row - self.PAD) * self.cols + col - self.PAD
-        return cells
-
-
-def reunite_layout(
-    vectors: np.ndarray,
-    cell_of_image: np.ndarray,
-    rows: int,
-    cols: int,
-    *,
-    rounds: int = REUNITE_ROUNDS,
-    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Long-range moves: bring an image's embedding neighbour, wherever it lies on the grid,
-    into a cell beside it, the image there going to the neighbour's old cell, when that
-    lowers the swap objective exactly. Moves whose cells lie more than two apart from every
-    other move's are made together."""
-    nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
-    cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
-    grid = _Grid(vectors, cell_of_image, rows, cols)
-    if neighbours is None:
-        neighbours = embedding_neighbours(grid.vectors[:-1], REUNITE_NEIGHBOURS)
-    index, distance = neighbours
-    for _ in range(rounds):
-        placed = np.flatnonzero(grid.cell >= 0)
-        beside = grid.occupant[grid.cell[placed][:, None] + grid.beside[None, :]]
-        closest = np.where(beside != grid.empty, grid.distance(placed[:, None], beside), np.inf).min(axis=1)
-        # Candidates: image i, its neighbour j nearer than any image beside i now, a cell beside i.
-        image, rank = np.nonzero(distance[placed] < closest[:, None] - 1e-12)
-        image = placed[image]
-        partner = index[image, rank]
-        image = np.repeat(image, 4)
-        partner = np.repeat(partner, 4)
-        target = grid.cell[image] + np.tile(grid.beside, len(image) // 4)
-        source = grid.cell[partner]
-        there = grid.occupant[target]
-        target_row, target_col = np.divmod(target, grid.width)
-        source_row, source_col = np.divmod(source, grid.width)
-        apart = np.maximum(np.abs(target_row - source_row), np.abs(target_col - source_col)) > 2
-        keep = (source >= 0) & (there != grid.empty) & apart
-        target, source, there, partner = target[keep], source[keep], there[keep], partner[keep]
-        if not len(target):
-            break
-        change = np.empty(len(target))
-        for start in range(0, len(target), 4096):  # bounds the gathered vectors to ~100 MB
-            part = slice(start, start + 4096)
-            change[part] = grid.replace_change(target[part], partner[part], there[part], nearest)
-            change[part] += grid.replace_change(source[part], there[part], partner[part], nearest)
-        better = np.flatnonzero(change < -1e-9)
-        if not len(better):
-            break
-        locked = np.zeros(len(grid.occupant), dtype=bool)
-        box = np.array([r * grid.width + c for r in range(-2, 3) for c in range(-2, 3)])
-        moved = 0
-        for move in better[np.argsort(change[better], kind="stable")]:
-            a, b = target[move], source[move]
-            if locked[a] or locked[b]:
-                continue
-            locked[a + box] = True
-            locked[b + box] = True
-            j, m = partner[move], there[move]
-            grid.occupant[a], grid.occupant[b] = j, m
-            grid.cell[j], grid.cell[m] = a, b
-            moved += 1
-        if not moved:
-            break
-    return grid.cell_of_image()
-
-
-def _placed_neighbours(components: np.ndarray, placed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``embedding_neighbours`` among the placed images only (rows of the others are never read)."""
-    if placed.all():
-        return embedding_neighbours(components, REUNITE_NEIGHBOURS)
-    where = np.flatnonzero(placed)
-    found, found_distance = embedding_neighbours(components[where], REUNITE_NEIGHBOURS)
-    index = np.zeros((len(components), found.shape[1]), dtype=np.int64)
-    distance = np.full((len(components), found.shape[1]), np.inf)
-    index[where], distance[where] = where[found], found_distance
-    return index, distance
-
-
 def starts_for(n_images: int) -> int:
     """How many seeds a grid of ``n_images`` is refined from."""
     return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
@@ -521,8 +332,8 @@ def refine_layout(
     seed: int = SEED,
     starts: int | None = None,
 ) -> np.ndarray:
-    """A new cell for every image (-1 stays -1): swapped, moved, swapped again against
-    ``vectors``, from ``starts`` seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
+    """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
+    seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
     if n_placed < 2:
@@ -531,12 +342,9 @@ def refine_layout(
     components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
     # Every image placed (the usual case): no copy of N x D to pick them out.
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
-    neighbours = _placed_neighbours(components, placed)
     best_cost, best = np.inf, cell_of_image
     for start in range(starts_for(n_placed) if starts is None else starts):
         cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start)
-        cells = reunite_layout(components, cells, rows, cols, rounds=REUNITE_ROUNDS, neighbours=neighbours)
-        cells = swap_layout(components, cells, rows, cols, seed=seed + start)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
