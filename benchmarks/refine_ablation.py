@@ -45,13 +45,8 @@ def settings(**changed):
 
 VARIANTS = {
     "assignment alone": None,
-    "swaps, smooth part only": {
-        "NEAREST_WEIGHTS": (0.0, 0.0, 0.0, 0.0),
-        "SMOOTH_SHARE": 1.0,
-        "REUNITE_ROUNDS": 0,
-    },
-    "swaps with nearest term": {"REUNITE_ROUNDS": 0},
-    "default (+ long-range moves)": {},
+    "swaps, smooth part only": {"NEAREST_WEIGHTS": (0.0, 0.0, 0.0, 0.0), "SMOOTH_SHARE": 1.0},
+    "default (+ nearest term)": {},
     "default, one start": {"START_IMAGES": 1},
 }
 
