@@ -1,95 +1,97 @@
-"""What each part of gridtsne's refinement adds, on the layout_quality sets.
+"""What each part of gridtsne's refinement adds, on the real collections of layout_quality.py.
 
-    python benchmarks/refine_ablation.py [--sizes 1024 4096] [--seeds 0 1 2]
+    python benchmarks/refine_ablation.py --collections /work/collections --workdirs /work/layout-work
+                                         [--only emoji photos] [--seeds 0 1 2]
 
-From one t-SNE map and assignment per set (gridtsne's defaults), DPQ_16 of:
+From the t-SNE map of each seed (`reduce.tsne_2d(vectors, seed=s)`, as
+`gridtsne.layout` makes it; saved beside the embeddings as tsne-SEED.npy, so
+that a rerun skips it) and its assignment, DPQ_16 (as its authors count ties,
+the issue 13 measure), DPQ_16 with each ring of grid neighbours at its mean,
+and NP@10 of:
 
 - the assignment alone (`assign --no-refine`);
-- sorting only, started from the t-SNE grid with the first radius at 1/2,
-  1/3 (the default) and 1/4 of the grid's longer side, each then followed
-  by the swaps;
-- the same sorting started from a random layout instead, to show what the
-  t-SNE start is worth at each start;
-- sorting (1/3) then swaps in 64 or all dimensions instead of the default 256.
+- swaps on the smooth part of the objective alone (every neighbour, the
+  rings at RING_WEIGHTS), no nearest term: the swaps of 0.1;
+- the default, swaps with the nearest term as well (`refine.refine_layout`);
+- the default with one start on every grid (small grids get starts_for(N)).
 
-Sorting is randomised (where the sets of cells fall), so every row is given
-for each --seeds and as their mean, with the mean seconds of that step alone.
-Scores as in layout_quality.py.
+Each row is the median over --seeds, with the median seconds of the refinement.
 """
 
 import argparse
+import contextlib
 import time
+from pathlib import Path
 
 import numpy as np
-from datasets import mixture, sample_images
+from layout_quality import collection_embeddings
 
 from gridtsne import assign, quality, reduce, refine
 from gridtsne.vectors import normalise
 
 
-def timed(step, *args, **kwargs):
-    """A step's result and its wall time."""
-    started = time.perf_counter()
-    cells = step(*args, **kwargs)
-    return cells, time.perf_counter() - started
+@contextlib.contextmanager
+def settings(**changed):
+    """refine's module settings changed for the duration of one variant."""
+    before = {name: getattr(refine, name) for name in changed}
+    for name, value in changed.items():
+        setattr(refine, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(refine, name, value)
 
 
-def ablate(name, embeddings, seeds):
-    vectors = normalise(embeddings.astype(np.float64)).astype(np.float32)
-    rows, cols = assign.grid_shape(len(embeddings))
-    coords, _ = reduce.tsne_2d(embeddings)
-    assigned, _, _ = assign.assign_to_grid(coords, rows, cols)
-    # The assignment's cells in random order: the same empty cells, nothing else kept.
-    random_start = np.random.default_rng(0).permutation(assigned)
-    components = refine.projected(vectors, refine.SWAP_DIMS)
-    sort_space = components[:, : refine.SORT_DIMS]
+VARIANTS = {
+    "assignment alone": None,
+    "swaps, smooth part only": {"NEAREST_WEIGHTS": (0.0, 0.0, 0.0, 0.0), "SMOOTH_SHARE": 1.0},
+    "default (+ nearest term)": {},
+    "default, one start": {"START_IMAGES": 1},
+}
 
-    def score(cells):
-        return quality.layout_quality(vectors, cells, cols)["dpq"]
 
-    def row(label, scores, seconds):
-        each = " ".join(f"{value:.3f}" for value in scores)
-        print(f"{name:<20} {label:<34} {np.mean(scores):.3f}   ({each})  {seconds:5.1f} s", flush=True)
-
-    row("assignment alone", [score(assigned)], 0.0)
-    sorted_default = {}
-    for start_name, start in (("t-SNE", assigned), ("random", random_start)):
-        for share in (1 / 2, 1 / 3, 1 / 4):
-            radii = refine.radius_schedule(rows, cols, share)
-            sorted_scores, swapped_scores, sort_seconds, swap_seconds = [], [], [], []
-            for seed in seeds:
-                cells, seconds = timed(
-                    refine.sort_layout, sort_space, start, rows, cols, radii=radii, seed=seed
-                )
-                sorted_scores.append(score(cells))
-                sort_seconds.append(seconds)
-                if start_name == "t-SNE" and share == refine.START_SHARE:
-                    sorted_default[seed] = cells
-                if start_name == "t-SNE":
-                    cells, seconds = timed(refine.swap_layout, components, cells, rows, cols, seed=seed)
-                    swapped_scores.append(score(cells))
-                    swap_seconds.append(seconds)
-            row(f"sort from {start_name}, start 1/{round(1 / share)}", sorted_scores, np.mean(sort_seconds))
-            if swapped_scores:
-                row(f"  + swaps ({refine.SWAP_DIMS} dims)", swapped_scores, np.mean(swap_seconds))
-    # The default's 256 dimensions are the row above; here the swaps in fewer and in all.
-    for space in (sort_space, vectors):
-        scores, seconds = [], []
-        for seed in seeds:
-            cells, took = timed(refine.swap_layout, space, sorted_default[seed], rows, cols, seed=seed)
-            scores.append(score(cells))
-            seconds.append(took)
-        row(f"sort (1/3) + swaps in {space.shape[1]} dims", scores, np.mean(seconds))
+def tsne_map(workdir: Path, embeddings: np.ndarray, seed: int) -> np.ndarray:
+    saved = workdir / f"tsne-{seed}.npy"
+    if not saved.exists():
+        np.save(saved, reduce.tsne_2d(embeddings, seed=seed)[0])
+    return np.load(saved)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
+    parser.add_argument("--collections", required=True, help="a folder of image collections, one folder each")
+    parser.add_argument("--workdirs", required=True, help="where each collection is embedded once")
+    parser.add_argument("--only", nargs="*", help="only these collections")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     args = parser.parse_args()
-    ablate("sample_images (250)", sample_images(), args.seeds)
-    for n in args.sizes:
-        ablate(f"mixture {n}", mixture(n), args.seeds)
+    folders = sorted(p for p in Path(args.collections).iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [p for p in folders if not args.only or p.name in args.only]
+    header = f"{'collection':<11} {'N':>5} {'variant':<29} {'DPQ_16':>6} {'rings@mean':>10} "
+    print(header + f"{'NP@10':>6} {'seconds':>7}")
+    for folder in folders:
+        embeddings = collection_embeddings(folder, Path(args.workdirs))
+        vectors = normalise(embeddings.astype(np.float64))
+        rows, cols = assign.grid_shape(len(embeddings))
+        maps = {seed: tsne_map(Path(args.workdirs) / folder.name, embeddings, seed) for seed in args.seeds}
+        for name, changed in VARIANTS.items():
+            scores = []
+            for seed in args.seeds:
+                cells = assign.assign_to_grid(maps[seed], rows, cols)[0]
+                started = time.perf_counter()
+                if changed is not None:
+                    with settings(**changed):
+                        cells = refine.refine_layout(vectors.astype(np.float32), cells, rows, cols)
+                seconds = time.perf_counter() - started
+                authors = quality.layout_quality(vectors, cells, cols, ties="favourable")["dpq"]
+                rings = quality.layout_quality(vectors, cells, cols)
+                scores.append((authors, rings["dpq"], rings["neighbourhood_preservation"], seconds))
+            median = np.median(np.array(scores), axis=0)
+            print(
+                f"{folder.name:<11} {len(embeddings):>5} {name:<29} {median[0]:6.3f} {median[1]:10.3f} "
+                f"{median[2]:6.3f} {median[3]:7.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

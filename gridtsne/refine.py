@@ -1,45 +1,38 @@
-"""Improve a grid layout against the embedding itself: sorting, then exact swaps.
+"""Improve a grid layout against the embedding itself, by exact swaps.
 
 The assignment places images where the 2-D map puts them; the map is a
 compression of the embedding, so neighbours on the grid are close in the map
-but not always the closest in the embedding, and t-SNE's global arrangement of
-groups (bands, a group split in two) is often not the most compact one on a
-grid. Refinement works on the grid directly, in two steps.
+but not always the closest in the embedding. Refinement works on the grid
+directly, against the embeddings' first ``SWAP_DIMS`` principal components.
 
-1. **Sorting**, in the manner of Linear Assignment Sorting and its fast
-   variant FLAS (Barthel, Hezel, Jung and Schall, Computer Graphics Forum
-   2023), started from the t-SNE assignment instead of from random. Each pass
-   smooths the grid of embedding vectors with a box filter, so that every cell
-   holds what its neighbourhood looks like, cuts the grid into sets of 8 x 8
-   cells spaced ``radius / 4`` apart (so a set spans about twice the filter
-   radius), and re-assigns the images of each set to its cells by exact
-   linear assignment against the smoothed vectors. The radius descends from a
-   third of the grid's longer side to 1: the first passes move whole groups
-   into compact regions, the last ones order neighbours. A start at a third
-   keeps t-SNE's arrangement as the frame: started from random, the same
-   passes score lower; started at half the side, they forget the start and
-   score the same from random as from t-SNE (benchmarks/refine_ablation.py).
-2. **Swaps**: exact local search on the objective DPQ_16 weighs most, the
-   embedding distance of every image to its grid neighbours, the four nearest
-   at weight 1 and the rings at distances sqrt 2, 2 and sqrt 5 at the weights
-   DPQ_16's p-norm gives them (``RING_WEIGHTS``). Every pair of images up to
-   two cells apart is tried; a swap is made only when it lowers the objective
-   exactly, so this step can only improve it. Pairs far enough apart not to
-   see each other are evaluated together, so a sweep is a few hundred numpy
-   operations at any N.
+The objective (``neighbour_cost``, lower is better) is made of what DPQ_16
+weighs. DPQ_16 as its authors compute it orders grid neighbours at equal
+distance nearest first, and its p-norm then depends almost only on the
+embedding distance from each image to the *nearest* of the four beside it:
+that distance, with small weights for the other three in order
+(``NEAREST_WEIGHTS``), is the first part. The second, at ``SMOOTH_SHARE``, is
+the distance to every neighbour, the four beside at weight 1 and the rings at
+distances sqrt 2, 2 and sqrt 5 at the weights DPQ_16 gives them when each
+ring counts at its mean (``RING_WEIGHTS``): it keeps the whole neighbourhood
+alike, not just one pair.
 
-Sorting is randomised (where the sets of cells fall) and the swaps stop at a
-local optimum, so different sorting seeds end in different layouts, a
-percent or so of DPQ_16 apart. Small grids are therefore refined from
-``starts_for(N)`` seeds and the layout with the lowest swap objective kept
-(``neighbour_cost``); the number of starts is bounded so that N x starts
-stays within ``START_IMAGES``, which keeps large grids at one start and
-reduce + assign of 1,024 images within its time (docs/benchmarks.md).
+**Swaps**: every pair of images up to two cells apart is tried; a swap is
+made only when it lowers the objective exactly, so refinement can only
+improve it. Pairs far enough apart not to see each other are evaluated
+together, so a sweep is a few hundred numpy operations at any N. The swaps'
+order is seeded, and small grids are refined from ``starts_for(N)`` seeds,
+the lowest objective kept (bounded so that N x starts stays within
+``START_IMAGES``; large grids get one).
 
-Every set is a complete assignment of the images it holds to the cells they
-hold, and swaps exchange two images, so the layout stays complete and empty
-cells stay where the assignment put them (at the map's sparse edges, not as
-holes among the photos). Seeded: the same input gives the same layout.
+Until 0.2, sorting passes in the manner of LAS/FLAS (Barthel et al. 2023)
+came first: they made the grid smoother but moved near-duplicates apart, and
+scored lower in DPQ_16 on every real collection; long-range moves that bring
+an image's embedding neighbours beside it from anywhere on the grid repaired
+much of that, and add nothing once sorting is gone (docs/benchmarks.md).
+
+Swaps exchange two images, so the layout stays complete and empty cells stay
+where the assignment put them (at the map's sparse edges, not as holes among
+the photos). Seeded: the same input gives the same layout.
 """
 
 from __future__ import annotations
@@ -48,25 +41,22 @@ import numpy as np
 
 from gridtsne.vectors import pca
 
-#: Principal components the sorting works in (the smoothing and matching cost
-#: O(N x dims) a pass); the swaps work in ``SWAP_DIMS``, which keep more of the
-#: fine structure that decides which of two similar images is nearer
-#: (benchmarks/refine_ablation.py compares 64, 256 and all dimensions).
-SORT_DIMS = 64
+#: Principal components the swaps and moves work in: they keep the fine structure that
+#: decides which of two similar images is nearer, at a fifth of 1,280 dimensions' cost.
 SWAP_DIMS = 256
-#: First filter radius, as a share of the grid's longer side.
-START_SHARE = 1 / 3
-#: Each pass's radius is this times the last's, down to 1; then ``FINAL_PASSES`` at radius 1.
-RADIUS_DECAY = 0.96
-FINAL_PASSES = 3
-#: Side of the sets of cells whose images are re-assigned together.
-SET_SIDE = 8
 #: Weight of a neighbour in the swap objective, by squared grid distance: how much
 #: DPQ_16 moves with the mean embedding distance of that ring of grid neighbours.
 #: With g_k the gain over random at rank k, rank i's share is sum_{k>=i} g_k^15 / k;
 #: averaged over each ring's ranks on the 4,096 mixture's curve, relative to the
 #: nearest ring, rounded. Farther rings weigh under 0.1 and are left out.
 RING_WEIGHTS = {1: 1.0, 2: 0.41, 4: 0.23, 5: 0.12}
+#: Weight of the linear (every neighbour) part of the swap objective against the nearest part.
+SMOOTH_SHARE = 0.5
+#: Weights of an image's four nearest grid neighbours (the cells beside it), sorted by their
+#: embedding distance to it, nearest first. DPQ_16 as its authors compute it orders grid
+#: neighbours at equal distance nearest first, and its p-norm then depends almost only on the
+#: distance to the nearest of the four (rank i's share sum_{k>=i} g_k^15 / k, as above).
+NEAREST_WEIGHTS = (1.0, 0.08, 0.012, 0.004)
 #: Swaps are tried between images up to this many cells apart (in each axis).
 SWAP_REACH = 2
 #: Sweeps over all pairs; they stop early when one makes no swap.
@@ -81,50 +71,16 @@ MAX_STARTS = 3
 def settings() -> dict:
     """Every refinement setting, for assign.json."""
     return {
-        "sort_dims": SORT_DIMS,
-        "start_share": round(START_SHARE, 4),
-        "radius_decay": RADIUS_DECAY,
-        "final_passes": FINAL_PASSES,
-        "set_side": SET_SIDE,
         "swap_dims": SWAP_DIMS,
         "ring_weights": {str(d2): w for d2, w in RING_WEIGHTS.items()},
         "swap_reach": SWAP_REACH,
+        "smooth_share": SMOOTH_SHARE,
+        "nearest_weights": list(NEAREST_WEIGHTS),
         "max_sweeps": MAX_SWEEPS,
         "seed": SEED,
         "start_images": START_IMAGES,
         "max_starts": MAX_STARTS,
     }
-
-
-def radius_schedule(rows: int, cols: int, start_share: float = START_SHARE) -> tuple[int, ...]:
-    """Filter radii of the sorting passes, coarse to fine."""
-    radius, radii = max(1.0, max(rows, cols) * start_share), []
-    while radius >= 1:
-        radii.append(int(round(radius)))
-        radius *= RADIUS_DECAY
-    return tuple(radii + [1] * FINAL_PASSES)
-
-
-def box_sum(grid: np.ndarray, radius: int) -> np.ndarray:
-    """Sum over the (2r+1)^2 box around every cell (clipped at the edges): a running
-    sum down the rows, then across the columns (float64, so large grids keep precision)."""
-    summed = np.asarray(grid, dtype=np.float64)
-    for axis in (0, 1):
-        length = summed.shape[axis]
-        running = np.concatenate(
-            [np.zeros_like(summed.take([0], axis=axis)), summed.cumsum(axis=axis)], axis=axis
-        )
-        high = np.minimum(np.arange(length) + radius + 1, length)
-        low = np.maximum(np.arange(length) - radius, 0)
-        summed = running.take(high, axis=axis) - running.take(low, axis=axis)
-    return summed
-
-
-def box_mean(grid: np.ndarray, weight: np.ndarray, radius: int) -> np.ndarray:
-    """Mean of the occupied cells in a (2r+1)^2 box around every cell (rows x cols x D)."""
-    total = box_sum(grid * weight[..., None], radius)
-    count = box_sum(weight, radius)
-    return (total / np.maximum(count, 1e-12)[..., None]).astype(np.float32)
 
 
 def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
@@ -133,61 +89,6 @@ def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
     if vectors.shape[1] <= dims:
         return vectors
     return pca(vectors, dims).astype(np.float32)
-
-
-def set_of_cell(rows: int, cols: int, spacing: int, rng: np.random.Generator) -> np.ndarray:
-    """A set number for every cell (row-major): sets of up to SET_SIDE x SET_SIDE cells,
-    ``spacing`` apart, tiling the grid from a random offset."""
-    span = SET_SIDE * spacing
-    row = np.arange(rows) + rng.integers(span)
-    col = np.arange(cols) + rng.integers(span)
-    # A cell's set: the block of span x span it lies in, and its phase in that block's lattice.
-    row_key = (row // span) * spacing + row % spacing
-    col_key = (col // span) * spacing + col % spacing
-    return (row_key[:, None] * (col_key.max() + 1) + col_key[None, :]).ravel()
-
-
-def sort_layout(
-    vectors: np.ndarray,
-    cell_of_image: np.ndarray,
-    rows: int,
-    cols: int,
-    *,
-    radii: tuple[int, ...] | None = None,
-    seed: int = SEED,
-) -> np.ndarray:
-    """Step 1: LAS-style sorting passes over sets of cells (see the module docstring)."""
-    from scipy.optimize import linear_sum_assignment
-
-    radii = radius_schedule(rows, cols) if radii is None else radii
-    rng = np.random.default_rng(seed)
-    vectors = np.asarray(vectors, dtype=np.float32)
-    cell_of_image = np.asarray(cell_of_image, dtype=np.int64).copy()
-    placed = np.flatnonzero(cell_of_image >= 0)
-    dimension = vectors.shape[1]
-    weight = np.zeros(rows * cols, dtype=np.float32)
-    weight[cell_of_image[placed]] = 1.0  # empty cells never move, so this stays
-    for radius in radii:
-        grid = np.zeros((rows * cols, dimension), dtype=np.float32)
-        grid[cell_of_image[placed]] = vectors[placed]
-        target = box_mean(grid.reshape(rows, cols, dimension), weight.reshape(rows, cols), radius)
-        target = target.reshape(rows * cols, dimension)
-        target_sq = (target**2).sum(axis=1)
-        occupant = np.full(rows * cols, -1, dtype=np.int64)
-        occupant[cell_of_image[placed]] = placed
-        cells = np.flatnonzero(occupant >= 0)  # images trade only the cells they hold
-        set_ids = set_of_cell(rows, cols, max(1, round(2 * radius / SET_SIDE)), rng)[cells]
-        order = np.argsort(set_ids, kind="stable")
-        cells, set_ids = cells[order], set_ids[order]
-        for members in np.split(cells, np.flatnonzero(np.diff(set_ids)) + 1):
-            if len(members) < 2:
-                continue
-            images = occupant[members]
-            # ||x - t||^2 without the ||x||^2 that every cell shares.
-            cost = target_sq[members][None, :] - 2.0 * (vectors[images] @ target[members].T)
-            image_index, cell_index = linear_sum_assignment(cost)
-            cell_of_image[images[image_index]] = members[cell_index]
-    return cell_of_image
 
 
 class _NeighbourDistances:
@@ -249,6 +150,46 @@ class _NeighbourDistances:
         return cells
 
 
+_BESIDE = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of ``weights`` times ``values`` sorted ascending, the missing left out."""
+    ordered = np.sort(np.where(missing, np.inf, values), axis=-1)
+    return (np.where(np.isfinite(ordered), ordered, 0.0) * weights).sum(axis=-1)
+
+
+def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
+    """For a swap of the cells at 0 and (d_row, d_col): the cells whose four nearest change
+    (relative padded offsets), and where each of their four distances is read in the
+    stencil before the swap and after it."""
+    pair = [(0, 0), (d_row, d_col)]
+    affected = sorted({(r + e_r, c + e_c) for r, c in pair for e_r, e_c in _BESIDE} | set(pair))
+
+    def holder(cell):  # the cell whose image is in ``cell`` once the pair has swapped
+        return pair[1] if cell == pair[0] else pair[0] if cell == pair[1] else cell
+
+    def offset(cell):
+        return cell[0] * stencil.width + cell[1]
+
+    before_at, before_slot, before_other, after_at, after_slot, after_other = ([] for _ in range(6))
+    for cell in affected:
+        for e_r, e_c in _BESIDE:
+            other = (cell[0] + e_r, cell[1] + e_c)
+            before_at.append(offset(cell))
+            before_slot.append(stencil.slot(e_r, e_c))
+            before_other.append(offset(other))
+            x, y = holder(cell), holder(other)
+            after_at.append(offset(x))
+            after_slot.append(stencil.slot(y[0] - x[0], y[1] - x[1]))
+            after_other.append(offset(y))
+    shape = (len(affected), len(_BESIDE))
+    return tuple(
+        np.reshape(a, shape)
+        for a in (before_at, before_slot, before_other, after_at, after_slot, after_other)
+    )
+
+
 def swap_layout(
     vectors: np.ndarray,
     cell_of_image: np.ndarray,
@@ -258,8 +199,9 @@ def swap_layout(
     sweeps: int = MAX_SWEEPS,
     seed: int = SEED,
 ) -> np.ndarray:
-    """Step 2: exact pair swaps that lower the weighted neighbour distance (see the module docstring)."""
+    """Exact pair swaps that lower the objective (see the module docstring)."""
     rng = np.random.default_rng(seed)
+    nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
     kernel = [
         (d_row, d_col, weight)
@@ -291,6 +233,9 @@ def swap_layout(
                 if (k_row, k_col) != (-d_row, -d_col):  # the second cell's neighbours
                     first_weights[stencil.slot(k_row + d_row, k_col + d_col)] += weight
                     second_weights[stencil.slot(k_row, k_col)] -= weight
+            first_weights *= SMOOTH_SHARE
+            second_weights *= SMOOTH_SHARE
+            gathers = _nearest_gathers(d_row, d_col, stencil)
             for r0 in range(spacing):
                 for c0 in range(spacing):
                     row = np.arange(r0, rows - d_row, spacing)
@@ -299,15 +244,30 @@ def swap_layout(
                     first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
                     if len(first):
                         classes.append(
-                            (first, first + d_row * stencil.width + d_col, first_weights, second_weights)
+                            (
+                                first,
+                                first + d_row * stencil.width + d_col,
+                                first_weights,
+                                second_weights,
+                                gathers,
+                            )
                         )
     for _ in range(sweeps):
         swapped = 0
         for index in rng.permutation(len(classes)):
-            first, second, first_weights, second_weights = classes[index]
+            first, second, first_weights, second_weights, gathers = classes[index]
             both = (occupant[first] != empty) & (occupant[second] != empty)
             first, second = first[both], second[both]
             change = distance[first] @ first_weights + distance[second] @ second_weights
+            if nearest.any():
+                at_offset, slot, other_offset, new_at_offset, new_slot, new_other_offset = gathers
+                base = first[:, None, None]
+                at, other = base + at_offset, base + other_offset
+                new_at, new_other = base + new_at_offset, base + new_other_offset
+                missing = (occupant[at] == empty) | (occupant[other] == empty)
+                new_missing = (occupant[new_at] == empty) | (occupant[new_other] == empty)
+                change += _nearest_cost(distance[new_at, new_slot], new_missing, nearest).sum(axis=1)
+                change -= _nearest_cost(distance[at, slot], missing, nearest).sum(axis=1)
             better = change < -1e-9
             if not better.any():
                 continue
@@ -321,13 +281,15 @@ def swap_layout(
 
 
 def starts_for(n_images: int) -> int:
-    """How many sorting seeds a grid of ``n_images`` is refined from."""
+    """How many seeds a grid of ``n_images`` is refined from."""
     return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
 
 
 def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int) -> float:
-    """The swap step's objective: the ``RING_WEIGHTS``-weighted embedding distance over
-    every pair of occupied grid neighbours, each pair once (lower is better)."""
+    """The swap step's objective (lower is better): ``SMOOTH_SHARE`` times the
+    ``RING_WEIGHTS``-weighted embedding distance over every pair of occupied grid neighbours,
+    each pair once, plus for every image its ``NEAREST_WEIGHTS``-weighted distances to the
+    images beside it, nearest first."""
     vectors = np.asarray(vectors, dtype=np.float64)
     placed = np.flatnonzero(np.asarray(cell_of_image) >= 0)
     occupant = np.full(rows * cols, -1, dtype=np.int64)
@@ -335,17 +297,30 @@ def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, co
     occupant = occupant.reshape(rows, cols)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
     total = 0.0
+    beside = np.full((rows, cols, 4), np.nan)
     for d_row in range(ring + 1):
         for d_col in range(-ring, ring + 1):
             weight = RING_WEIGHTS.get(d_row * d_row + d_col * d_col)
             if not weight or (d_row == 0 and d_col <= 0) or d_row >= rows or abs(d_col) >= cols:
                 continue
-            first = occupant[: rows - d_row, max(0, -d_col) : cols - max(0, d_col)]
-            second = occupant[d_row:, max(0, d_col) : cols - max(0, -d_col)]
+            rows_first = slice(0, rows - d_row)
+            cols_first = slice(max(0, -d_col), cols - max(0, d_col))
+            rows_second = slice(d_row, rows)
+            cols_second = slice(max(0, d_col), cols - max(0, -d_col))
+            first, second = occupant[rows_first, cols_first], occupant[rows_second, cols_second]
             both = (first >= 0) & (second >= 0)
             difference = vectors[first[both]] - vectors[second[both]]
-            total += weight * float(np.sqrt((difference**2).sum(axis=1)).sum())
-    return total
+            distance = np.sqrt((difference**2).sum(axis=1))
+            total += SMOOTH_SHARE * weight * float(distance.sum())
+            if d_row * d_row + d_col * d_col == 1:  # the cells beside: one slot at each end
+                slot = 1 if d_row else 3  # the second is below / right of the first
+                values = np.full(first.shape, np.nan)
+                values[both] = distance
+                beside[rows_first, cols_first, slot] = values
+                beside[rows_second, cols_second, slot - 1] = values
+    missing = np.isnan(beside)
+    costs = _nearest_cost(np.nan_to_num(beside), missing, np.asarray(NEAREST_WEIGHTS, dtype=np.float64))
+    return total + float(costs[occupant >= 0].sum())
 
 
 def refine_layout(
@@ -357,8 +332,8 @@ def refine_layout(
     seed: int = SEED,
     starts: int | None = None,
 ) -> np.ndarray:
-    """A new cell for every image (-1 stays -1): sorted, then swapped, against ``vectors``,
-    from ``starts`` sorting seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
+    """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
+    seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
     if n_placed < 2:
@@ -369,8 +344,7 @@ def refine_layout(
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
     best_cost, best = np.inf, cell_of_image
     for start in range(starts_for(n_placed) if starts is None else starts):
-        sorted_cells = sort_layout(components[:, :SORT_DIMS], cell_of_image, rows, cols, seed=seed + start)
-        cells = swap_layout(components, sorted_cells, rows, cols, seed=seed + start)
+        cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells

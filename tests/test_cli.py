@@ -207,9 +207,10 @@ def test_assign_with_an_aspect_records_the_layout_quality_and_status_shows_it(cl
     summary = json.loads(result.stdout)
     assert (summary["rows"], summary["cols"]) == (3, 5) and summary["empty_cells"] == 3
     assert summary["solver"] == "exact" and summary["refined"]
-    assert summary["refinement"]["start_share"] > 0 and summary["refinement"]["ring_weights"]["1"] == 1.0
-    assert 0 < summary["quality"]["dpq"] <= 1 and summary["quality"]["dpq_p"] == 16
-    assert "DPQ_16" in result.stderr
+    assert summary["refinement"]["smooth_share"] > 0 and summary["refinement"]["ring_weights"]["1"] == 1.0
+    assert 0 < summary["quality"]["dpq"] <= summary["quality"]["dpq_authors"] <= 1
+    assert summary["quality"]["dpq_p"] == 16
+    assert "DPQ_16" in result.stderr and "as its authors count ties" in result.stderr
     grid = np.load(work / "grid.npy")
     assert len(set(grid.tolist())) == 12 and grid.max() < 15
     status = cli("status", "-w", work)

@@ -307,3 +307,29 @@ def test_a_web_page_is_served_from_the_jobs_folder_and_nothing_outside_it(server
         answer = server.client.get(f"{base}/{escape}")
         assert answer.status_code == 400 and answer.json()["status"]["code"] == 42003
     assert server.client.get(f"{base}/no-such-file.js").status_code == 404
+
+
+def test_a_restart_kills_the_workers_a_killed_server_left_running(tmp_path):
+    # A worker deep in a computation does not notice its server's death at once; the
+    # restarted server must stop it before running its job again, and nothing else.
+    from gridtsne.serve.config import ServeConfig
+    from gridtsne.serve.worker import WORKER_PID, stop_leftover_workers
+
+    config = ServeConfig(root=tmp_path, data=tmp_path / "data")
+    config.make_folders()
+    sleeper = "import time; time.sleep(60)"
+    leftover = subprocess.Popen([sys.executable, "-c", sleeper, "gridtsne.serve.worker", "job1"],
+                                start_new_session=True)  # fmt: skip
+    stranger = subprocess.Popen([sys.executable, "-c", sleeper, "job2"], start_new_session=True)
+    try:
+        for job_id, process in (("job1", leftover), ("job2", stranger)):
+            config.job_folder(job_id).mkdir(parents=True)
+            (config.job_folder(job_id) / WORKER_PID).write_text(str(process.pid))
+        stop_leftover_workers(config)
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert stranger.poll() is None  # a pid reused by another program is left alone
+        assert not list(config.jobs.glob(f"*/{WORKER_PID}"))
+    finally:
+        for process in (leftover, stranger):
+            process.kill()
+            process.wait()

@@ -41,7 +41,7 @@ from gridtsne.serve.jobs import (
     SqliteQueue,
 )
 from gridtsne.serve.paths import INPUT_ID, JOB_ID, PathRefused, check_words, resolve_under
-from gridtsne.serve.worker import PAGE_NAME, PICTURE_NAMES, Dispatcher
+from gridtsne.serve.worker import PAGE_NAME, PICTURE_NAMES, Dispatcher, stop_leftover_workers
 
 #: Options the server decides: where photos, outputs and the cache are, and which model runs.
 SERVER_DECIDES = ("paths", "output", "exclude", "cache", "model", "preprocess", "overwrite", "shard")
@@ -145,6 +145,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         config.make_folders()
         state["queue"] = SqliteQueue(config.database)
+        stop_leftover_workers(config)  # before their jobs run again
         requeued = state["queue"].requeue_unfinished()
         if requeued:
             print(f"gridtsne serve: re-queued {requeued} unfinished job(s)", flush=True)

@@ -30,6 +30,8 @@ PICTURE_NAMES = {"auto": "mosaic.jpg", "jpeg": "mosaic.jpg", "png": "mosaic.png"
 PAGE_NAME = "page.html"
 #: How long a re-queued job waits for the work directory lock of a worker killed with the server.
 LOCK_WAIT_SECONDS = 20
+#: The file in a job's folder with the pid of its worker process while it runs.
+WORKER_PID = "worker.pid"
 
 
 class Dispatcher:
@@ -65,6 +67,7 @@ class Dispatcher:
                 if code is None:
                     continue
                 del self.running[job_id]
+                (self.config.job_folder(job_id) / WORKER_PID).unlink(missing_ok=True)
                 if code != 0:  # a crash, or killed from outside: its job must not stay "running"
                     self.queue.finish(job_id, FAILED, f"the worker process stopped (exit code {code})")
             while not self._stopping and len(self.running) < self.config.workers:
@@ -77,12 +80,14 @@ class Dispatcher:
         folder = self.config.job_folder(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "worker.log", "ab") as log:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "gridtsne.serve.worker", str(self.config.root), str(self.config.data),
                  job.id],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopping it stops everything it started
             )  # fmt: skip
+        (folder / WORKER_PID).write_text(str(process.pid))
+        return process
 
     def stop_job(self, job_id: str) -> bool:
         """Stop the process of a job (cancelled); whether one was running."""
@@ -101,6 +106,43 @@ class Dispatcher:
             for process in self.running.values():
                 _kill(process)
             self.running.clear()
+
+
+def stop_leftover_workers(config: ServeConfig, wait_seconds: float = 10.0) -> int:
+    """Kill the worker processes a server killed with SIGKILL left running; how many.
+
+    A worker exits by itself when it sees its server gone, but only between
+    two steps of Python: one deep in a long computation would hold its job's
+    work directory while the restarted server runs the job again. Each
+    worker's pid is in its job folder; it is killed only if that process is
+    still a gridtsne worker for that job (pids are reused)."""
+    stopped = []
+    for pid_file in config.jobs.glob(f"*/{WORKER_PID}"):
+        try:
+            pid = int(pid_file.read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            continue
+        if b"gridtsne.serve.worker" in command and pid_file.parent.name.encode() in command:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                stopped.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    while stopped and time.monotonic() < deadline:  # gone once its new parent has reaped it
+        stopped = [pid for pid in stopped if Path(f"/proc/{pid}/cmdline").is_file() and _alive(pid)]
+        time.sleep(0.05)
+    return len(stopped)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _kill(process: subprocess.Popen) -> None:
