@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -333,3 +334,18 @@ def test_a_restart_kills_the_workers_a_killed_server_left_running(tmp_path):
         for process in (leftover, stranger):
             process.kill()
             process.wait()
+
+
+def test_a_worker_whose_server_died_while_starting_it_exits_at_once(tmp_path):
+    # Killed between starting a worker and recording its pid, the server leaves a worker
+    # whose parent is already someone else: it must not run the job beside the next one.
+    from gridtsne.serve.worker import SERVER_PID_VARIABLE
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is no longer this worker's parent
+    result = subprocess.run(
+        [sys.executable, "-m", "gridtsne.serve.worker", str(tmp_path), str(tmp_path / "data"), "job1"],
+        env={**os.environ, SERVER_PID_VARIABLE: str(gone.pid)}, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert not (tmp_path / "data").exists()  # it touched nothing

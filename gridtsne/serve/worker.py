@@ -32,6 +32,8 @@ PAGE_NAME = "page.html"
 LOCK_WAIT_SECONDS = 20
 #: The file in a job's folder with the pid of its worker process while it runs.
 WORKER_PID = "worker.pid"
+#: The environment variable that tells a worker its server's pid.
+SERVER_PID_VARIABLE = "GRIDTSNE_SERVER_PID"
 
 
 class Dispatcher:
@@ -85,6 +87,7 @@ class Dispatcher:
                  job.id],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopping it stops everything it started
+                env={**os.environ, SERVER_PID_VARIABLE: str(os.getpid())},
             )  # fmt: skip
         (folder / WORKER_PID).write_text(str(process.pid))
         return process
@@ -157,8 +160,13 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 def _watch_parent() -> None:
-    """Exit when the server dies (even by SIGKILL), so that a restart never finds two workers."""
-    parent = os.getppid()
+    """Exit when the server dies (even by SIGKILL), so that a restart never finds two workers.
+
+    The server's pid comes in ``SERVER_PID_VARIABLE``: a worker whose server died while
+    starting it already has another parent, and must not take that one for its server."""
+    parent = int(os.environ.get(SERVER_PID_VARIABLE) or os.getppid())
+    if os.getppid() != parent:
+        os._exit(3)
 
     def watch():
         while True:
