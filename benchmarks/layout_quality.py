@@ -11,8 +11,8 @@ anchors of issue 13, every seed's run counted.
 On each set of embeddings, these layouts on the same near-square grid:
 
 (a) gridtsne: its default reduce and assign (PCA-50 + openTSNE, exact or
-    blocks assignment with one scale on both axes, then refinement: sorting
-    and swaps, gridtsne/refine.py); (a') the same without refinement
+    blocks assignment with one scale on both axes, then refinement: exact
+    swaps, gridtsne/refine.py); (a') the same without refinement
     (`assign --no-refine`), to show what refinement adds;
 (b) recipe: the 2017 notebook's method, scikit-learn's TSNE with default
     settings on the raw embeddings, each axis min-max scaled to the grid,
@@ -23,7 +23,8 @@ On each set of embeddings, these layouts on the same near-square grid:
 
 Every layout is scored in the same space, the L2-normalised embeddings
 (cosine geometry, as CNN features are compared), by gridtsne.quality:
-DPQ_16 and neighbourhood preservation at k = 10. Sets: the 250 sample
+DPQ_16 (each ring of grid neighbours at its mean; the suite also counts them
+as the authors do, --ties) and neighbourhood preservation at k = 10. Sets: the 250 sample
 photos' embeddings, and the synthetic mixture of benchmarks/datasets.py at
 each --sizes N. Seconds are wall time of the layout alone (not embed).
 """
