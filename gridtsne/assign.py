@@ -324,6 +324,10 @@ class AssignStage(Stage):
     reads = (COORDS, EMBEDDINGS)
     writes = (GRID,)
 
+    def code_parameters(self, options: AssignOptions) -> dict:
+        # Refinement's settings stand for its code: a grid refined by an older version is stale.
+        return {"refinement": refine.settings() if options.refine else None}
+
     def compute(self, workdir: Workdir, options: AssignOptions, context: Context, prepared) -> dict:
         embeddings = workdir.load_embeddings()
         coords = workdir.load_coords(len(embeddings))

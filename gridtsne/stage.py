@@ -70,7 +70,12 @@ class Stage:
     writes: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, workdir: Workdir, options: StageOptions) -> Plan:
-        return Plan(options.freshness(), self.inputs(workdir, options))
+        return Plan({**options.freshness(), **self.code_parameters(options)}, self.inputs(workdir, options))
+
+    def code_parameters(self, options: StageOptions) -> dict:
+        """Settings of the stage's code that decide what it makes but are no option: when an
+        upgrade changes them, what it made before is stale."""
+        return {}
 
     def inputs(self, workdir: Workdir, options: StageOptions) -> dict:
         """The fingerprint of what the stage reads: a change makes it stale."""
@@ -133,4 +138,5 @@ class Stage:
         if manifest is None:
             return "never run"
         options = self.options_type.from_dict(manifest["options"])
-        return workdir.staleness(self.name, manifest["params"], self.inputs(workdir, options))
+        params = {**manifest["params"], **self.code_parameters(options)}
+        return workdir.staleness(self.name, params, self.inputs(workdir, options))

@@ -128,3 +128,23 @@ def test_an_aspect_beside_an_explicit_grid_does_not_make_assign_stale():
     freshness = AssignOptions(grid=(4, 5)).freshness()
     assert AssignOptions(grid=(4, 5), aspect=(16, 9)).freshness() == freshness
     assert AssignOptions(aspect=(16, 9)).freshness() != AssignOptions().freshness()
+
+
+def test_a_grid_refined_by_other_refinement_code_is_stale(tmp_path, monkeypatch):
+    # After an upgrade that changes refinement, `all` must not keep the old grid.
+    from gridtsne import refine
+    from gridtsne.workdir import COORDS, EMBEDDINGS, Workdir, save_npy
+
+    work = Workdir(tmp_path / "work")
+    rng = np.random.default_rng(4)
+    save_npy(work.file(EMBEDDINGS), rng.random((30, 16)).astype(np.float32))
+    save_npy(work.file(COORDS), blobs(30).astype(np.float32))
+    assert assign.STAGE.run(work, AssignOptions(), skip_if_fresh=True)["ran"]
+    assert assign.STAGE.run(work, AssignOptions(), skip_if_fresh=True)["ran"] is False
+    monkeypatch.setattr(refine, "SMOOTH_SHARE", 0.25)
+    assert "refinement" in assign.STAGE.staleness(work)  # `status` says so too
+    assert assign.STAGE.run(work, AssignOptions(), skip_if_fresh=True)["ran"]
+    # Without refinement its settings do not matter.
+    assert assign.STAGE.run(work, AssignOptions(refine=False), skip_if_fresh=True)["ran"]
+    monkeypatch.setattr(refine, "SMOOTH_SHARE", 0.5)
+    assert assign.STAGE.run(work, AssignOptions(refine=False), skip_if_fresh=True)["ran"] is False
