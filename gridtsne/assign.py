@@ -388,13 +388,13 @@ def save_grid(workdir: Workdir, cell_of_image: np.ndarray, rows: int, cols: int)
     """Record a grid made elsewhere (a notebook, another tool) as assign's output, so that
     render and export take it; ``coords.npy`` and ``embeddings.npy`` must be there."""
     started = time.perf_counter()
-    options = AssignOptions(grid=(rows, cols))
-    inputs = STAGE.inputs(workdir, options)
+    options = AssignOptions(grid=(rows, cols), refine=False)  # not refined here: no upgrade makes it stale
+    plan = STAGE.plan(workdir, options)
     cells = np.asarray(cell_of_image, dtype=np.int32)
     save_npy(workdir.file(GRID), cells)
     workdir.load_grid(len(cells), rows * cols)  # the same checks as render's
     results = {"rows": rows, "cols": cols, "placed": int((cells >= 0).sum()), "imported": True}
-    return workdir.finish_stage(STAGE.name, options.freshness(), inputs, {GRID: workdir.file(GRID)}, started,
+    return workdir.finish_stage(STAGE.name, plan.parameters, plan.inputs, {GRID: workdir.file(GRID)}, started,
                                 results, options=options.to_dict())  # fmt: skip
 
 
