@@ -24,7 +24,7 @@ On each set of embeddings, these layouts on the same near-square grid:
 Every layout is scored in the same space, the L2-normalised embeddings
 (cosine geometry, as CNN features are compared), by gridtsne.quality:
 DPQ_16 (each ring of grid neighbours at its mean; the suite also counts them
-as the authors do, --ties) and neighbourhood preservation at k = 10. Sets: the 250 sample
+as the authors do) and neighbourhood preservation at k = 10. Sets: the 250 sample
 photos' embeddings, and the synthetic mixture of benchmarks/datasets.py at
 each --sizes N. Seconds are wall time of the layout alone (not embed).
 """
@@ -158,20 +158,22 @@ def collection_embeddings(collection, workdirs):
     return np.load(work.path / "embeddings.npy")
 
 
-def suite(collections, workdirs, seeds, only=None, ties=("expected",)):
-    """One table: per collection and method, DPQ_16 under each tie order of ``ties`` and NP@10
-    (under the first), the median of the seeds, then each seed's, and the median seconds; last,
-    gridtsne's DPQ_16 margin over each anchor under each tie order."""
+#: The suite's two DPQ_16 columns: each ring of grid neighbours at its mean (gridtsne.quality's
+#: "dpq"), and nearest first as the authors count them ("dpq_authors", issue 13's measure).
+COUNTS = {"DPQ_16": "dpq", "DPQ_16 fav": "dpq_authors"}
+
+
+def suite(collections, workdirs, seeds, only=None):
+    """One table: per collection and method, both counts of DPQ_16 and NP@10, the median of the
+    seeds, then each seed's, and the median seconds; last, gridtsne's margin over each anchor."""
     from pathlib import Path
 
     folders = sorted(p for p in Path(collections).iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [p for p in folders if not only or p.name in only]
     methods = suite_methods()
     header = f"{'collection':<11} {'N':>5} {'method':<17} "
-    header += " ".join(
-        f"{'DPQ_16' + ('' if t == 'expected' else ' ' + t[:3]):>10} {'(each seed)':<20}" for t in ties
-    )
-    print(header + f" {'NP@10':>6} {'(each seed)':<20} {'seconds':>7}", flush=True)
+    header += " ".join(f"{column:>10} {'(each seed)':<20}" for column in [*COUNTS, "NP@10"])
+    print(header + f" {'seconds':>7}", flush=True)
     margins = []
     for folder in folders:
         embeddings = collection_embeddings(folder, Path(workdirs))
@@ -179,35 +181,27 @@ def suite(collections, workdirs, seeds, only=None, ties=("expected",)):
         rows, cols = assign.grid_shape(len(embeddings))
         medians = {}
         for method, lay_out in methods.items():
-            dpq, np10, seconds = {t: [] for t in ties}, [], []
+            scores, seconds = {key: [] for key in [*COUNTS.values(), "neighbourhood_preservation"]}, []
             for seed in seeds:
                 started = time.perf_counter()
                 cells, extra = lay_out(embeddings, rows, cols, seed)
                 seconds.append(time.perf_counter() - started + extra)
-                for tie in ties:
-                    scores = quality.layout_quality(vectors, cells, cols, ties=tie)
-                    dpq[tie].append(scores["dpq"])
-                    if tie == ties[0]:
-                        np10.append(scores["neighbourhood_preservation"])
-            medians[method] = {t: float(np.median(dpq[t])) for t in ties}
+                measured = quality.layout_quality(vectors, cells, cols)
+                for key, values in scores.items():
+                    values.append(measured[key])
+            medians[method] = {key: float(np.median(values)) for key, values in scores.items()}
             line = f"{folder.name:<11} {len(embeddings):>5} {method:<17} "
             line += " ".join(
-                f"{np.median(dpq[t]):10.3f} {' '.join(f'{v:.3f}' for v in dpq[t]):<20}" for t in ties
+                f"{np.median(values):10.3f} {' '.join(f'{v:.3f}' for v in values):<20}"
+                for values in scores.values()
             )
-            print(
-                line + f" {np.median(np10):6.3f} {' '.join(f'{v:.3f}' for v in np10):<20} "
-                f"{np.median(seconds):7.1f}",
-                flush=True,
-            )
-        margins.append(
-            (
-                folder.name,
-                len(embeddings),
-                [100 * (medians["gridtsne"][t] / medians[a][t] - 1) for t in ties for a in ANCHORS],
-            )
-        )
+            print(line + f" {np.median(seconds):7.1f}", flush=True)
+        gains = [
+            100 * (medians["gridtsne"][key] / medians[a][key] - 1) for key in COUNTS.values() for a in ANCHORS
+        ]
+        margins.append((folder.name, len(embeddings), gains))
     print("\ngridtsne's median DPQ_16 over each anchor's (goal: at least +1% on every collection)")
-    names = [f"{a}{'' if t == 'expected' else ' ' + t[:3]}" for t in ties for a in ANCHORS]
+    names = [f"{a}{'' if key == 'dpq' else ' fav'}" for key in COUNTS.values() for a in ANCHORS]
     print(f"{'collection':<11} {'N':>5} " + " ".join(f"{n:>17}" for n in names))
     for name, size, values in margins:
         print(f"{name:<11} {size:>5} " + " ".join(f"{v:+16.1f}%" for v in values))
@@ -228,16 +222,9 @@ def main():
                         help="where each collection is embedded once (one work directory each)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the suite")
     parser.add_argument("--only", nargs="*", help="only these collections of the suite")
-    parser.add_argument(
-        "--ties",
-        nargs="+",
-        choices=quality.TIES,
-        default=["expected", "favourable"],
-        help="how DPQ_16 orders grid neighbours at equal distance (gridtsne.quality); one column each",
-    )
     args = parser.parse_args()
     if args.collections:
-        suite(args.collections, args.workdirs, args.seeds, args.only, tuple(args.ties))
+        suite(args.collections, args.workdirs, args.seeds, args.only)
         return
     methods = {}
     for name, lay_out in METHODS.items():

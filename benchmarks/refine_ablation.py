@@ -83,9 +83,15 @@ def main():
                     with settings(**changed):
                         cells = refine.refine_layout(vectors.astype(np.float32), cells, rows, cols)
                 seconds = time.perf_counter() - started
-                authors = quality.layout_quality(vectors, cells, cols, ties="favourable")["dpq"]
-                rings = quality.layout_quality(vectors, cells, cols)
-                scores.append((authors, rings["dpq"], rings["neighbourhood_preservation"], seconds))
+                measured = quality.layout_quality(vectors, cells, cols)
+                scores.append(
+                    (
+                        measured["dpq_authors"],
+                        measured["dpq"],
+                        measured["neighbourhood_preservation"],
+                        seconds,
+                    )
+                )
             median = np.median(np.array(scores), axis=0)
             print(
                 f"{folder.name:<11} {len(embeddings):>5} {name:<29} {median[0]:6.3f} {median[1]:10.3f} "

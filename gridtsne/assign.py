@@ -276,12 +276,7 @@ def layout(
     if refine_grid:
         cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols)
     everyone = len(placed) == len(vectors)  # then no copy of N x D to measure them
-    measured = vectors if everyone else vectors[placed]
-    after = quality.layout_quality(measured, cell_of_image[placed], cols)
-    # The figure papers report: grid neighbours at equal distance counted nearest first.
-    after["dpq_authors"] = quality.layout_quality(measured, cell_of_image[placed], cols, ties="favourable")[
-        "dpq"
-    ]
+    after = quality.layout_quality(vectors if everyone else vectors[placed], cell_of_image[placed], cols)
     results = {
         "images": len(coords),
         "placed": len(placed),

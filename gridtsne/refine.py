@@ -41,8 +41,8 @@ import numpy as np
 
 from gridtsne.vectors import pca
 
-#: Principal components the swaps and moves work in: they keep the fine structure that
-#: decides which of two similar images is nearer, at a fifth of 1,280 dimensions' cost.
+#: Principal components the swaps work in: they keep the fine structure that decides
+#: which of two similar images is nearer, at a fifth of 1,280 dimensions' cost.
 SWAP_DIMS = 256
 #: Weight of a neighbour in the swap objective, by squared grid distance: how much
 #: DPQ_16 moves with the mean embedding distance of that ring of grid neighbours.
