@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -454,7 +455,7 @@ def export_command(workdir, table_format, output, overwrite):
         click.echo(text, nl=False)
         return
     with wd.lock():
-        wd.may_write(output, overwrite)
+        render.may_write_over(wd, Path(output).absolute(), overwrite)
         export.save(output, text)
         wd.remember_written([output])
     click.echo(str(output), err=True)

@@ -442,3 +442,42 @@ def open_image(
         # Pillow says "image file is truncated" or "Truncated File Read", depending on where it stopped.
         kind = "truncated" if "truncated" in detail.lower() or isinstance(error, EOFError) else "corrupt"
         raise UnreadableImage(kind, detail) from None
+
+
+#: What gridtsne writes into every picture it makes (EXIF or PNG "Software"), so that it
+#: can tell a mosaic of its own, even one it lost track of, from a photo of the user's.
+SOFTWARE_TAG = "gridtsne"
+#: The EXIF tag "Software".
+SOFTWARE_EXIF_TAG = 0x0131
+
+
+def made_by_gridtsne(image: Image.Image) -> bool:
+    """Whether an opened picture carries gridtsne's "Software" mark (its mosaics do)."""
+    software = image.info.get("Software") or image.getexif().get(SOFTWARE_EXIF_TAG) or ""
+    return str(software).startswith(SOFTWARE_TAG)
+
+
+def photo_reason(path: str | os.PathLike, photos: Iterable[str | os.PathLike] = ()) -> str | None:
+    """Why the existing file at ``path`` must be taken for one of the user's photos, or None.
+
+    A file is a photo when Pillow reads it as a picture that gridtsne did not
+    make, or when it has the extension of a photo named in ``photos`` (a
+    damaged photo is still a photo). ``--overwrite`` never reaches past this.
+    """
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # absent, a link, a pipe: may_write decides
+            return None
+    except OSError:
+        return None
+    try:
+        with Image.open(path) as image:
+            if made_by_gridtsne(image):
+                return None
+            return f"is a {image.format} picture that gridtsne did not make"
+    except Exception:  # not a picture Pillow reads: judged by its name
+        pass
+    named = {Path(photo).suffix.lower() for photo in photos if not Path(photo).is_dir()}
+    if path.suffix.lower() in named - {""}:
+        return f"has the extension of the photos ({path.suffix})"
+    return None

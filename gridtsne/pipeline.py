@@ -59,6 +59,11 @@ def check_start(workdir: Workdir, options: PipelineOptions, *, named: bool) -> N
                 f"the work directory would go into the photo folder {folder} (as {where.name}): "
                 "name one elsewhere with -w DIR"
             )
+        if folder.is_file() and where.parent == folder.parent:
+            raise StageError(
+                f"the work directory would go among the photos in {folder.parent} (as {where.name}): "
+                "name one elsewhere with -w DIR"
+            )
 
 
 def run_all(

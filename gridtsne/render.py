@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gridtsne import assign, tiles
+from gridtsne import __version__, assign, images, tiles
 from gridtsne.errors import OptionError, OptionMismatch, StageError
 from gridtsne.options import RenderOptions, parse_colour
 from gridtsne.stage import Context, Plan, Stage
@@ -218,6 +218,10 @@ def check_strip_memory(mosaic: Mosaic) -> None:
         )
 
 
+#: The "Software" mark of every picture render makes (``images.made_by_gridtsne``).
+SOFTWARE = f"{images.SOFTWARE_TAG} {__version__}"
+
+
 class PillowWriter:
     """JPEG, WebP, TIFF: Pillow encodes the whole picture, so it is built in memory first."""
 
@@ -246,8 +250,11 @@ class PillowWriter:
 
     def save(self, mosaic: Mosaic, destination: Path | BinaryIO) -> dict:
         picture = mosaic.picture()
+        mark = Image.Exif()
+        mark[images.SOFTWARE_EXIF_TAG] = SOFTWARE
         return _to(
-            destination, lambda handle: picture.save(handle, format=self.pil_format, **self.save_options)
+            destination,
+            lambda handle: picture.save(handle, format=self.pil_format, exif=mark, **self.save_options),
         )
 
 
@@ -298,6 +305,7 @@ class PngWriter:
     def write(self, width: int, height: int, strips, handle: BinaryIO) -> None:
         handle.write(b"\x89PNG\r\n\x1a\n")
         handle.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        handle.write(_png_chunk(b"tEXt", b"Software\0" + SOFTWARE.encode("latin-1")))
         compressor = zlib.compressobj(self.compress_level)
         above = np.zeros(width * 3, dtype=np.uint8)
         # The filter makes a dozen temporary copies: a few rows at a time keeps them small.
@@ -363,6 +371,19 @@ def format_of(output: str | os.PathLike, image_format: str = "auto") -> str:
 def resolve_writer(output: str | os.PathLike, image_format: str = "auto", quality: int = 90):
     """The writer for OUT: the one place where a format name becomes an object."""
     return WRITERS[format_of(output, image_format)](quality)
+
+
+def may_write_over(workdir: Workdir, output: Path, overwrite: bool, photos=()) -> None:
+    """Refuse an output that is a photo, whatever ``overwrite`` says, then ask the work directory
+    (which refuses a file gridtsne did not write unless ``overwrite``)."""
+    reason = images.photo_reason(output, photos)
+    if reason is not None:
+        raise StageError(
+            f"{output} already exists and {reason}. Did a shell glob take your last photo as the "
+            "output? Name the output explicitly, last, as a new file (e.g. mosaic.jpg); "
+            "gridtsne never writes over a photo"
+        )
+    workdir.may_write(output, overwrite)
 
 
 def paths_written(output: str | os.PathLike, image_format: str = "auto") -> list[Path]:
@@ -444,7 +465,7 @@ class RenderStage(Stage):
         output = Path(options.output).absolute()
         if str(output) in {str(Path(photo).absolute()) for photo in photos}:
             raise StageError(f"{output} is one of the photos: name a new file as the output, last")
-        workdir.may_write(output, options.overwrite)
+        may_write_over(workdir, output, options.overwrite, photos)
 
     def describe(self, summary: dict) -> str:
         missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
