@@ -602,7 +602,7 @@ def serve_command(root, data, host, port, workers, token_file, queue_limit, max_
     uploaded ones) and answers 202 with its id; GET /v2/visualizations/ID is
     polled until it carries output.data.image.url. Each job runs in its own
     process; jobs survive a restart. The OpenAPI page is at /docs. Needs the
-    serve extra: pip install 'gridtsne[serve]'.
+    serve extra: pip install -e '.[serve]'.
 
     \b
     Example:
@@ -618,7 +618,7 @@ def serve_command(root, data, host, port, workers, token_file, queue_limit, max_
         from gridtsne.serve.config import ServeConfig, default_workers, is_loopback
     except ImportError as error:
         raise click.ClickException(
-            f"gridtsne serve needs the serve extra ({error.name} is missing): pip install 'gridtsne[serve]'"
+            f"gridtsne serve needs the serve extra ({error.name} is missing): pip install -e '.[serve]'"
         ) from None
     token = None
     if token_file:

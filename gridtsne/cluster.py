@@ -50,7 +50,7 @@ ALLOWED_FAILURES = 3
 CHUNKS_PER_THREAD = 2
 #: Files per tile chunk (tiles are quick: bigger chunks keep the scheduler's share small).
 TILES_PER_CHUNK = 64
-INSTALL_HINT = "--cluster needs Dask: pip install 'gridtsne[dask]'"
+INSTALL_HINT = "--cluster needs Dask: pip install -e '.[dask]'"
 
 _clients: dict[str, object] = {}
 

@@ -349,7 +349,7 @@ def _unidentified(path: Path) -> UnreadableImage:
         head = handle.read(12)
     if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS and not HEIF_PLUGIN:
         return UnreadableImage(
-            "unsupported format", "HEIC/AVIF needs the pillow-heif plugin: pip install 'gridtsne[heif]'"
+            "unsupported format", "HEIC/AVIF needs the pillow-heif plugin: pip install -e '.[heif]'"
         )
     return UnreadableImage("not an image", "Pillow cannot identify it")
 

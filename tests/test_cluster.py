@@ -245,7 +245,7 @@ def test_without_dask_cluster_is_one_line_saying_what_to_install(photos, tmp_pat
     result = cli("embed", photos, "-w", tmp_path / "work", "--cluster", "local:2")
 
     assert result.exit_code == 1
-    assert "--cluster needs Dask: pip install 'gridtsne[dask]'" in result.output
+    assert "--cluster needs Dask: pip install -e '.[dask]'" in result.output
 
 
 @pytest.mark.parametrize("address", ["local:0", "local:two", "scheduler"])
