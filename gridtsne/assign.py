@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +24,19 @@ from gridtsne import quality, refine
 from gridtsne.errors import OptionMismatch, StageError
 from gridtsne.options import AssignOptions
 from gridtsne.stage import Context, Stage
-from gridtsne.vectors import normalise
-from gridtsne.workdir import COORDS, EMBEDDINGS, GRID, IMAGES, Workdir, save_npy
+from gridtsne.vectors import match_rows, normalise, row_keys
+from gridtsne.workdir import (
+    ASSIGN_STATE,
+    COORDS,
+    EMBEDDINGS,
+    GRID,
+    IMAGES,
+    REDUCE_STATE,
+    Workdir,
+    load_state,
+    save_npy,
+    save_state,
+)  # fmt: skip
 
 
 def grid_shape(n_images: int, aspect: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
@@ -295,6 +307,152 @@ def layout(
     return cell_of_image.astype(np.int32), results
 
 
+#: How far (in cells) a photo that stays may be pushed by an update to make room.
+UPDATE_REACH = 2
+#: What moving a photo that stays costs beyond its squared distance, in squared cells:
+#: an update would rather put a new photo a cell or two from its kin than move several others.
+MOVE_COST = 3.0
+#: How far from its kin's cells a new photo is first looked for a cell (widened if none is free).
+NEW_REACH = 4
+#: A new photo's place is the median cell of this many of its nearest kept neighbours on the map.
+KIN = 5
+#: Cells around every change that refinement may still swap.
+REFINE_AROUND = 1
+
+
+def grown_shape(rows: int, cols: int, n_images: int, aspect: tuple[float, float]) -> tuple[int, int]:
+    """The earlier grid, grown a column or a row at a time (whichever keeps ``aspect``
+    closer) until it holds ``n_images``; never smaller than it was."""
+    width, height = aspect
+    while rows * cols < n_images:
+        if cols * height < rows * width:
+            cols += 1
+        else:
+            rows += 1
+    return rows, cols
+
+
+def _disk(radius: int) -> np.ndarray:
+    """(d_row, d_col) of every offset within ``radius`` cells, nearest first."""
+    steps = np.arange(-radius, radius + 1)
+    d_row, d_col = (a.ravel() for a in np.meshgrid(steps, steps, indexing="ij"))
+    inside = d_row**2 + d_col**2 <= radius**2
+    offsets = np.stack([d_row[inside], d_col[inside]], axis=1)
+    return offsets[np.argsort((offsets**2).sum(axis=1), kind="stable")]
+
+
+def _edges(centres_rc: np.ndarray, rows: int, cols: int, radius: int):
+    """Candidate cells within ``radius`` of each (row, col) centre (rounded), and the squared
+    distance from the exact centre: (which centre, which cell, squared distance)."""
+    offsets = _disk(radius)
+    base = np.rint(centres_rc).astype(np.int64)
+    cell_rc = base[:, None, :] + offsets[None, :, :]
+    inside = (
+        (cell_rc[..., 0] >= 0) & (cell_rc[..., 0] < rows) & (cell_rc[..., 1] >= 0) & (cell_rc[..., 1] < cols)
+    )
+    owner = np.broadcast_to(np.arange(len(centres_rc))[:, None], inside.shape)[inside]
+    cell_rc = cell_rc[inside]
+    squared = ((cell_rc - centres_rc[owner]) ** 2).sum(axis=1)
+    return owner, cell_rc[:, 0] * cols + cell_rc[:, 1], squared
+
+
+def update_layout(
+    coords: np.ndarray,
+    embeddings: np.ndarray,
+    home: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    refine_grid: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """An earlier grid updated for a changed photo set: the cell of each image and the results.
+
+    ``home`` is each image's cell on the earlier grid, placed in this one (-1:
+    a new photo). One sparse assignment places every image: a photo that stays
+    may only keep its cell (cost 0) or move up to ``UPDATE_REACH`` cells
+    (``MOVE_COST`` + squared distance); a new photo goes near the median cell
+    of its ``KIN`` nearest staying neighbours on the map (squared distance),
+    searched ``NEW_REACH`` cells around, wider while no complete assignment
+    exists. Refinement then swaps only within ``REFINE_AROUND`` cells of a
+    change, so nothing far from a change moves.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+    from scipy.spatial import cKDTree
+
+    n_images, n_cells = len(home), rows * cols
+    kept = np.flatnonzero(home >= 0)
+    new = np.flatnonzero(home < 0)
+    centre_rc = np.stack(np.divmod(np.arange(n_cells), cols), axis=1).astype(np.float64)
+    target = np.empty((n_images, 2))
+    target[kept] = centre_rc[home[kept]]
+    if len(new):
+        kin = min(KIN, len(kept))
+        _, nearest = cKDTree(np.asarray(coords, dtype=np.float64)[kept]).query(
+            np.asarray(coords, dtype=np.float64)[new], k=kin
+        )
+        target[new] = np.median(centre_rc[home[kept][np.reshape(nearest, (len(new), kin))]], axis=1)
+    owner_k, cell_k, squared_k = _edges(target[kept], rows, cols, UPDATE_REACH)
+    cost_k = np.where(squared_k > 0, MOVE_COST + squared_k, 0.0)
+    reach = NEW_REACH
+    while True:
+        owner_n, cell_n, squared_n = _edges(target[new], rows, cols, reach)
+        graph = csr_matrix(
+            (
+                np.concatenate([cost_k, squared_n]) + 1.0,  # + 1: no edge weighs 0 (a sparse 0 is no edge)
+                (np.concatenate([kept[owner_k], new[owner_n]]), np.concatenate([cell_k, cell_n])),
+            ),
+            shape=(n_images, n_cells),
+        )
+        try:
+            image, cell = min_weight_full_bipartite_matching(graph)
+            break
+        except ValueError:  # no complete assignment within these reaches: look farther
+            if reach >= rows + cols:
+                raise
+            reach *= 2
+    cell_of_image = np.empty(n_images, dtype=np.int64)
+    cell_of_image[image] = cell
+    placed_by_update = cell_of_image.copy()
+    if refine_grid:
+        # What changed: the cells of the new photos, and where moved photos went and came from.
+        moved = kept[cell_of_image[kept] != home[kept]]
+        changed_rc = centre_rc[np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved]])]
+        movable = np.zeros(n_cells, dtype=bool)
+        if len(changed_rc):
+            _, around, _ = _edges(changed_rc, rows, cols, REFINE_AROUND)
+            movable[around] = True
+        vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+        cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols, movable=movable).astype(
+            np.int64
+        )
+    else:
+        vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+    moved = cell_of_image[kept] != home[kept]
+    distance = np.sqrt(((centre_rc[cell_of_image[kept]] - centre_rc[home[kept]]) ** 2).sum(axis=1))[moved]
+    results = {
+        "images": n_images,
+        "placed": n_images,
+        "left_out": [],
+        "rows": rows,
+        "cols": cols,
+        "empty_cells": n_cells - n_images,
+        "solver": "update",
+        "new": len(new),
+        "kept_cell": int((~moved).sum()),
+        "moved": int(moved.sum()),
+        "moved_median_cells": float(np.median(distance)) if len(distance) else 0.0,
+        "moved_largest_cells": float(distance.max()) if len(distance) else 0.0,
+        "new_reach_cells": reach,
+        "refined": refine_grid,
+        "refinement": refine.settings() if refine_grid else None,
+        "refined_cells": int(movable.sum()) if refine_grid else 0,
+        "swapped_by_refinement": int((cell_of_image != placed_by_update).sum()),
+        "quality": quality.layout_quality(vectors, cell_of_image, cols),
+    }
+    return cell_of_image.astype(np.int32), results
+
+
 def quality_text(numbers: dict) -> str:
     """The layout quality numbers in words, for summaries and ``status``."""
     authors = f" ({numbers['dpq_authors']:.3f} as its authors count ties)" if "dpq_authors" in numbers else ""
@@ -311,35 +469,99 @@ MAX_CELLS_PER_IMAGE = 64
 MAX_CELLS_ALWAYS = 4096
 
 
+def _grid_options(options: AssignOptions) -> dict:
+    """The options that an update must share with the grid it updates (else: afresh)."""
+    pair = lambda value: list(value) if value else None  # noqa: E731
+    return {"grid": pair(options.grid), "aspect": pair(options.aspect), "solver": options.solver,
+            "refine": options.refine}  # fmt: skip
+
+
 class AssignStage(Stage):
-    """``coords.npy`` (and ``embeddings.npy``, for refinement) -> ``grid.npy``."""
+    """``coords.npy`` (and ``embeddings.npy``, for refinement) -> ``grid.npy``; an earlier grid
+    is updated in place when the photo set changes (``update_layout``)."""
 
     name = "assign"
     options_type = AssignOptions
     reads = (COORDS, EMBEDDINGS)
-    writes = (GRID,)
+    writes = (GRID, ASSIGN_STATE)
 
     def code_parameters(self, options: AssignOptions) -> dict:
         # Refinement's settings stand for its code: a grid refined by an older version is stale.
         return {"refinement": refine.settings() if options.refine else None}
 
+    def may_skip(self, options: AssignOptions) -> bool:
+        return not options.relayout  # a relayout is asked for: it runs even when fresh
+
+    def outputs(self, workdir: Workdir, options: AssignOptions, results: dict) -> dict[str, Path]:
+        return {GRID: workdir.file(GRID)}  # the state is bookkeeping, not an artifact to guard
+
+    def plan_update(self, workdir: Workdir, options: AssignOptions, keys: np.ndarray, map_layout):
+        """The earlier grid's shape and each image's earlier cell (-1: new), or why to start afresh."""
+        if options.relayout:
+            return None, "asked (--relayout)"
+        if options.subset:
+            return None, "a subset is laid out afresh"
+        loaded = load_state(workdir.file(ASSIGN_STATE))
+        if loaded is None:
+            return None, "no earlier grid"
+        meta, arrays = loaded
+        if map_layout is None or meta.get("layout") != map_layout:
+            return None, "the map was laid out afresh"
+        if meta.get("options") != _grid_options(options):
+            return None, "the grid's options changed"
+        old_keys, old_cells = arrays.get("keys"), arrays.get("cells")
+        rows, cols = meta.get("rows"), meta.get("cols")
+        if (old_keys is None or old_cells is None or old_cells.shape != old_keys.shape
+                or not all(isinstance(n, int) and n > 0 for n in (rows, cols))):  # fmt: skip
+            return None, "the earlier grid's state is damaged"
+        earlier_row = match_rows(old_keys, keys)
+        earlier_cell = np.where(earlier_row >= 0, old_cells[np.maximum(earlier_row, 0)], -1)
+        if not (earlier_cell >= 0).any():
+            return None, "no photo of the earlier grid is left"
+        if rows * cols > 2 * max(MAX_CELLS_ALWAYS // 2, len(keys)) and options.grid is None:
+            return None, "most photos of the earlier grid are gone"
+        removed = len(old_keys) - int((earlier_row >= 0).sum())
+        return (rows, cols, earlier_cell, removed), None
+
     def compute(self, workdir: Workdir, options: AssignOptions, context: Context, prepared) -> dict:
         embeddings = workdir.load_embeddings()
         coords = workdir.load_coords(len(embeddings))
+        self.check_grid(len(coords), options)
+        keys = row_keys(embeddings)
+        map_state = load_state(workdir.file(REDUCE_STATE))
+        map_layout = map_state[0].get("layout") if map_state else None
+        update, why_fresh = self.plan_update(workdir, options, keys, map_layout)
+        if update is not None:
+            results = self.update(coords, embeddings, options, update, context)
+        else:
+            results = self.fresh(workdir, coords, embeddings, options, context)
+            results["why"] = why_fresh
+        cell_of_image = results.pop("cell_of_image")
+        meta = {"layout": map_layout, "rows": results["rows"], "cols": results["cols"],
+                "options": _grid_options(options)}  # fmt: skip
+        # The state first: killed before grid.npy, a rerun finds every photo in its new cell.
+        save_state(workdir.file(ASSIGN_STATE), meta, keys=keys, cells=cell_of_image)
+        save_npy(workdir.file(GRID), cell_of_image)
+        return results
+
+    def update(self, coords, embeddings, options: AssignOptions, update, context: Context) -> dict:
+        old_rows, old_cols, earlier_cell, removed = update
+        rows, cols = options.grid or grown_shape(
+            old_rows, old_cols, len(coords), options.aspect or (1.0, 1.0)
+        )
+        # A grown grid keeps the earlier one in its middle: it grows at every edge alike.
+        row_offset, col_offset = (rows - old_rows) // 2, (cols - old_cols) // 2
+        old_row, old_col = np.divmod(earlier_cell, old_cols)
+        home = np.where(earlier_cell >= 0, (old_row + row_offset) * cols + old_col + col_offset, -1)
+        cell_of_image, results = update_layout(
+            coords, embeddings, home, rows, cols, refine_grid=options.refine
+        )
+        return {**results, "mode": "update", "removed": removed, "grew_from": [old_rows, old_cols],
+                "offset": [row_offset, col_offset], "cell_of_image": cell_of_image}  # fmt: skip
+
+    def fresh(self, workdir: Workdir, coords, embeddings, options: AssignOptions, context: Context) -> dict:
         rows, cols = options.grid or grid_shape(len(coords), options.aspect or (1.0, 1.0))
         cells = rows * cols
-        if len(coords) > cells and not options.subset:
-            raise OptionMismatch(
-                "grid",
-                f"{len(coords)} images do not fit a {rows}x{cols} grid ({cells} cells): choose a larger "
-                f"grid, leave it out, or add {{subset}} to keep a representative {cells} of them",
-            )
-        if cells > max(MAX_CELLS_ALWAYS, MAX_CELLS_PER_IMAGE * len(coords)):
-            raise OptionMismatch(
-                "grid",
-                f"a {rows}x{cols} grid has {cells:,} cells for {len(coords)} images, more than "
-                f"{MAX_CELLS_PER_IMAGE} a photo: choose a smaller grid, or leave it out",
-            )
         if options.solver == "auto" and resolve_solver("auto", cells).name != "exact":
             context.on_message(
                 f"assign: {cells} cells is above the {EXACT_MAX_CELLS} that exact assignment handles "
@@ -353,10 +575,41 @@ class AssignStage(Stage):
             listing = workdir.load_images()["images"]
             if len(listing) == len(coords):
                 results["left_out_paths"] = [listing[i]["path"] for i in results["left_out"]]
-        save_npy(workdir.file(GRID), cell_of_image)
-        return results
+        return {**results, "mode": "fresh", "cell_of_image": cell_of_image}
+
+    @staticmethod
+    def check_grid(n_images: int, options: AssignOptions) -> None:
+        """A fixed grid too small for the photos (without subset), or with far too many cells."""
+        if options.grid is None:
+            return  # the grid made for the photos always fits them
+        rows, cols = options.grid
+        cells = rows * cols
+        if n_images > cells and not options.subset:
+            raise OptionMismatch(
+                "grid",
+                f"{n_images} images do not fit a {rows}x{cols} grid ({cells} cells): choose a larger "
+                f"grid, leave it out, or add {{subset}} to keep a representative {cells} of them",
+            )
+        if cells > max(MAX_CELLS_ALWAYS, MAX_CELLS_PER_IMAGE * n_images):
+            raise OptionMismatch(
+                "grid",
+                f"a {rows}x{cols} grid has {cells:,} cells for {n_images} images, more than "
+                f"{MAX_CELLS_PER_IMAGE} a photo: choose a smaller grid, or leave it out",
+            )
 
     def describe(self, summary: dict) -> str:
+        if summary.get("mode") == "update":
+            moved = (
+                f", {summary['moved']} moved (median {summary['moved_median_cells']:.1f}, largest "
+                f"{summary['moved_largest_cells']:.1f} cells)"
+                if summary["moved"]
+                else ""
+            )
+            return (
+                f"assign: grid updated, {summary['rows']}x{summary['cols']}: {summary['kept_cell']} photos "
+                f"kept their cell{moved}, {summary['new']} new, {summary['removed']} removed, "
+                + quality_text(summary["quality"])
+            )
         left_out = f", {len(summary['left_out'])} left out" if summary.get("left_out") else ""
         return (
             f"assign: {summary['placed']} images on a {summary['rows']}x{summary['cols']} grid{left_out}, "

@@ -144,6 +144,16 @@ reduce_options = _with(
     stage_option(ReduceOptions, "perplexity",
                  help="t-SNE perplexity. Default: 30, or (N-1)/3 for fewer than 91 images."),
     stage_option(ReduceOptions, "pca_dims", help="Principal components kept before t-SNE."),
+    stage_option(ReduceOptions, "relayout_above", metavar="SHARE",
+                 help="When more than this share of the photos is new, lay the map out afresh "
+                 "instead of updating it."),
+)  # fmt: skip
+
+# One flag for reduce, assign and all (both stages' options have it).
+relayout_option = stage_option(
+    ReduceOptions, "relayout", is_flag=True,
+    help="Lay out afresh. Without it, a layout is updated when photos come and go: the photos "
+    "that stay keep their place and cell, the new ones join their kin.",
 )  # fmt: skip
 
 assign_options = _with(
@@ -344,6 +354,7 @@ def embed_command(paths, workdir, null, jobs, cluster, quiet, as_json, **values)
 @main.command("reduce")
 @workdir_option
 @reduce_options
+@relayout_option
 @click.option("--embeddings", "vectors", type=click.Path(exists=True, dir_okay=False), default=None,
               metavar="VECTORS.npy",
               help="Use these N x D vectors (CLIP, ...) instead of embed's: they are copied into the "
@@ -376,6 +387,7 @@ def reduce_command(workdir, vectors, paths_file, quiet, as_json, **values):
 @main.command("assign")
 @workdir_option
 @assign_options
+@relayout_option
 @output_options
 @reports_errors
 def assign_command(workdir, quiet, as_json, **values):
@@ -468,6 +480,7 @@ def export_command(workdir, table_format, output, overwrite):
 @embed_options
 @reduce_options
 @assign_options
+@relayout_option
 @render_options
 @jobs_option
 @cluster_option

@@ -110,6 +110,18 @@ def _positive_number(value: Any) -> float:
     return number
 
 
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0 <= number <= 1:
+        raise ValueError(f"{value} is not a share from 0 to 1")
+    return number
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")
@@ -283,6 +295,10 @@ class ReduceOptions(StageOptions):
     perplexity: float | None = option(None, _optional(_positive_number))
     #: Principal components kept before t-SNE.
     pca_dims: int = option(50, _integer(2))
+    #: Lay the map out afresh instead of updating the last one (photos keep their places).
+    relayout: bool = option(False, _flag, fresh=False)
+    #: An update with more than this share of new photos lays the map out afresh.
+    relayout_above: float = option(0.25, _share, fresh=False)
 
 
 @dataclass(frozen=True)
@@ -300,6 +316,8 @@ class AssignOptions(StageOptions):
     subset: bool = option(False, _flag)
     #: Sort the grid locally against the embeddings after the assignment.
     refine: bool = option(True, _flag)
+    #: Assign afresh instead of updating the last grid (photos keep their cells).
+    relayout: bool = option(False, _flag, fresh=False)
 
     def freshness(self) -> dict[str, Any]:
         # The grid wins over the aspect, so an aspect given beside a grid changes nothing.
@@ -354,11 +372,12 @@ class PipelineOptions:
             raise OptionError("options", "the options must be a JSON object")
         by_stage: dict[str, dict[str, Any]] = {stage: {} for stage in STAGE_OPTIONS}
         for name, value in data.items():
-            stage = next((s for s, kind in STAGE_OPTIONS.items() if name in kind.names()), None)
-            if stage is None:
-                known = sorted(n for kind in STAGE_OPTIONS.values() for n in kind.names())
+            stages = [s for s, kind in STAGE_OPTIONS.items() if name in kind.names()]
+            if not stages:
+                known = sorted({n for kind in STAGE_OPTIONS.values() for n in kind.names()})
                 raise OptionError(name, f"there is no option {name!r}: known are {', '.join(known)}")
-            by_stage[stage][name] = value
+            for stage in stages:  # ``relayout`` is reduce's and assign's
+                by_stage[stage][name] = value
         return cls(**{stage: STAGE_OPTIONS[stage](**values) for stage, values in by_stage.items()})
 
     def to_flat(self) -> dict[str, Any]:

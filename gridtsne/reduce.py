@@ -16,6 +16,7 @@ the grid is assign's job. ``import_embeddings`` brings vectors made elsewhere
 
 from __future__ import annotations
 
+import hashlib
 from importlib import metadata
 from pathlib import Path
 
@@ -24,8 +25,18 @@ import numpy as np
 from gridtsne.errors import OptionMismatch, StageError
 from gridtsne.options import ReduceOptions
 from gridtsne.stage import Context, Stage
-from gridtsne.vectors import normalise, pca
-from gridtsne.workdir import COORDS, EMBEDDINGS, IMAGES, Workdir, save_json, save_npy
+from gridtsne.vectors import match_rows, normalise, pca, row_keys
+from gridtsne.workdir import (
+    COORDS,
+    EMBEDDINGS,
+    IMAGES,
+    REDUCE_STATE,
+    Workdir,
+    load_state,
+    save_json,
+    save_npy,
+    save_state,
+)  # fmt: skip
 
 #: Fewer points than this get a PCA layout: t-SNE has no neighbourhoods to keep.
 MIN_TSNE_POINTS = 5
@@ -89,24 +100,84 @@ def tsne_2d(
 
     Deterministic for a given seed.
     """
-    x = normalise(np.array(embeddings, dtype=np.float64), copy=False)  # one float64 copy, not two
-    n_points = len(x)
-    if n_points < MIN_TSNE_POINTS:
-        return to_unit_square(pca(x, 2)), None
-    from openTSNE import TSNE
+    raw, kl_divergence = tsne_map(embeddings, perplexity=perplexity, seed=seed, pca_dims=pca_dims)
+    return to_unit_square(raw), kl_divergence
 
-    settings = tsne_settings(n_points, perplexity, pca_dims)
+
+def _prepared(embeddings: np.ndarray, pca_dims: int) -> np.ndarray:
+    """What t-SNE sees: unit rows (cosine geometry) on their first ``pca_dims`` components."""
+    x = normalise(np.array(embeddings, dtype=np.float64), copy=False)  # one float64 copy, not two
+    return pca(x, pca_dims) if x.shape[1] > pca_dims else x
+
+
+def _checked_perplexity(settings: dict, n_points: int) -> float:
     perplexity = settings.pop("perplexity")
     if not 0 < perplexity < n_points / 3:
         raise ValueError(
             f"perplexity {perplexity:g} is out of range for {n_points} points: below {n_points / 3:.1f}"
         )
-    if x.shape[1] > settings.pop("pca_dims"):
-        x = pca(x, pca_dims)
+    return perplexity
+
+
+def tsne_map(
+    embeddings: np.ndarray,
+    *,
+    perplexity: float | None = None,
+    seed: int = 0,
+    pca_dims: int = PCA_DIMS,
+) -> tuple[np.ndarray, float | None]:
+    """The t-SNE map in t-SNE's own units (N x 2 float64) and its KL divergence (None: PCA)."""
+    n_points = len(embeddings)
+    if n_points < MIN_TSNE_POINTS:
+        return pca(normalise(np.array(embeddings, dtype=np.float64)), 2), None
+    from openTSNE import TSNE
+
+    settings = tsne_settings(n_points, perplexity, pca_dims)
+    perplexity = _checked_perplexity(settings, n_points)
+    del settings["pca_dims"]
+    x = _prepared(embeddings, pca_dims)
     embedding = TSNE(n_components=2, perplexity=perplexity, random_state=seed, verbose=False, **settings).fit(
         x
     )
-    return to_unit_square(np.asarray(embedding)), float(embedding.kl_divergence)
+    return np.asarray(embedding, dtype=np.float64), float(embedding.kl_divergence)
+
+
+def place_new_points(
+    embeddings: np.ndarray,
+    kept_map: np.ndarray,
+    kept: np.ndarray,
+    *,
+    perplexity: float | None = None,
+    seed: int = 0,
+    pca_dims: int = PCA_DIMS,
+) -> np.ndarray:
+    """The map of all rows (t-SNE units) with the ``kept`` rows fixed at ``kept_map``.
+
+    The other rows are new photos: openTSNE optimises them against the fixed
+    map of the kept ones (``TSNEEmbedding.transform``: each starts at the
+    median of its nearest kept neighbours and moves under their attraction),
+    so the map the user knows stays as it was and the new photos join their kin.
+    """
+    from openTSNE import TSNEEmbedding
+    from openTSNE.affinity import PerplexityBasedNN
+
+    kept = np.asarray(kept, dtype=bool)
+    points = np.empty((len(embeddings), 2), dtype=np.float64)
+    points[kept] = kept_map
+    if kept.all():
+        return points
+    settings = tsne_settings(int(kept.sum()), perplexity, pca_dims)
+    perplexity = _checked_perplexity(settings, int(kept.sum()))
+    x = _prepared(embeddings, pca_dims)
+    affinities = PerplexityBasedNN(
+        x[kept], perplexity=perplexity, method=settings["neighbors"], n_jobs=TSNE_JOBS, random_state=seed
+    )
+    reference = TSNEEmbedding(
+        np.ascontiguousarray(kept_map), affinities, n_jobs=TSNE_JOBS, random_state=seed,
+        negative_gradient_method=settings["negative_gradient_method"],
+    )  # fmt: skip
+    points[~kept] = np.asarray(reference.transform(x[~kept]), dtype=np.float64)
+    return points
 
 
 def _opentsne_version() -> str | None:
@@ -173,13 +244,55 @@ def import_embeddings(
     return len(vectors)
 
 
+#: A map keeps its kept photos fixed only while this many stay; fewer are no map to keep.
+MIN_KEPT_POINTS = 2 * MIN_TSNE_POINTS
+
+
+def layout_id(points: np.ndarray) -> str:
+    """The name of a fresh layout, carried by every update of it (assign follows it)."""
+    return hashlib.blake2b(np.ascontiguousarray(points).tobytes(), digest_size=8).hexdigest()
+
+
 class ReduceStage(Stage):
-    """``embeddings.npy`` -> ``coords.npy``: the t-SNE map."""
+    """``embeddings.npy`` -> ``coords.npy``: the t-SNE map, updated in place when photos change."""
 
     name = "reduce"
     options_type = ReduceOptions
     reads = (EMBEDDINGS,)
-    writes = (COORDS,)
+    writes = (COORDS, REDUCE_STATE)
+
+    def may_skip(self, options: ReduceOptions) -> bool:
+        return not options.relayout  # a relayout is asked for: it runs even when fresh
+
+    def outputs(self, workdir: Workdir, options: ReduceOptions, results: dict) -> dict[str, Path]:
+        return {COORDS: workdir.file(COORDS)}  # the state is bookkeeping, not an artifact to guard
+
+    def plan_update(self, workdir: Workdir, options: ReduceOptions, keys: np.ndarray, context: Context):
+        """The earlier map's state and each row's earlier row (-1: new), or why to start afresh."""
+        if options.relayout:
+            return None, "asked (--relayout)"
+        loaded = load_state(workdir.file(REDUCE_STATE))
+        if loaded is None:
+            return None, "no earlier map"
+        meta, arrays = loaded
+        earlier = {name: meta.get(name) for name in ("seed", "perplexity", "pca_dims")}
+        if earlier != {"seed": options.seed, "perplexity": options.perplexity, "pca_dims": options.pca_dims}:
+            return None, "the map's options changed"
+        old_keys, old_map = arrays.get("keys"), arrays.get("map")
+        if old_keys is None or old_map is None or old_map.shape != (len(old_keys), 2):
+            return None, "the earlier map's state is damaged"
+        earlier_row = match_rows(old_keys, keys)
+        kept = int((earlier_row >= 0).sum())
+        if kept < MIN_KEPT_POINTS or (options.perplexity or 0) * 3 >= kept:
+            return None, f"only {kept} of the photos were on the earlier map"
+        new_share = 1.0 - kept / len(keys)
+        if new_share > options.relayout_above:
+            context.on_message(
+                f"reduce: {new_share:.0%} of the photos are new, above --relayout-above "
+                f"{options.relayout_above:g}: laying the map out afresh"
+            )
+            return None, f"{new_share:.0%} of the photos are new"
+        return (meta, old_map, earlier_row), None
 
     def compute(self, workdir: Workdir, options: ReduceOptions, context: Context, prepared) -> dict:
         embeddings = workdir.load_embeddings()
@@ -190,16 +303,34 @@ class ReduceStage(Stage):
                 f"{settings['perplexity']:g} is out of range for {len(embeddings)} images: "
                 f"give a value below {len(embeddings) / 3:.1f}, or leave it out",
             )
-        coords, kl_divergence = tsne_2d(
-            embeddings, perplexity=options.perplexity, seed=options.seed, pca_dims=options.pca_dims
-        )
+        keys = row_keys(embeddings)
+        update, why_fresh = self.plan_update(workdir, options, keys, context)
+        tsne_options = {"perplexity": options.perplexity, "seed": options.seed, "pca_dims": options.pca_dims}
+        if update is None:
+            points, kl_divergence = tsne_map(embeddings, **tsne_options)
+            meta = {**tsne_options, "layout": layout_id(points), "updates": 0}
+            change = {"mode": "fresh", "why": why_fresh}
+        else:
+            meta, old_map, earlier_row = update
+            kept = earlier_row >= 0
+            points = place_new_points(embeddings, old_map[earlier_row[kept]], kept, **tsne_options)
+            kl_divergence = None
+            meta = {**meta, "updates": int(meta.get("updates", 0)) + 1}
+            change = {"mode": "update", "kept": int(kept.sum()), "new": int((~kept).sum()),
+                      "removed": len(old_map) - int(kept.sum())}  # fmt: skip
+        # The state first: killed before coords.npy, a rerun finds every photo on this map.
+        save_state(workdir.file(REDUCE_STATE), meta, keys=keys, map=points)
+        coords = to_unit_square(points)
         save_npy(workdir.file(COORDS), coords)
         return {
             "points": len(coords),
             "dimension": int(embeddings.shape[1]),
             "perplexity": settings.pop("perplexity"),
             "kl_divergence": kl_divergence,
-            "method": "tsne" if kl_divergence is not None else "pca",
+            "method": "pca" if len(coords) < MIN_TSNE_POINTS else "tsne",
+            "layout": meta["layout"],
+            "updates": meta["updates"],
+            **change,
             "tsne": settings,
             "opentsne_version": _opentsne_version(),
         }
@@ -207,6 +338,11 @@ class ReduceStage(Stage):
     def describe(self, summary: dict) -> str:
         kl = summary["kl_divergence"]
         kl = f", KL divergence {kl:.3f}" if kl is not None else ""
+        if summary.get("mode") == "update":
+            return (
+                f"reduce: map updated, {summary['kept']} photos kept their place, {summary['new']} new "
+                f"placed among them, {summary['removed']} removed"
+            )
         return f"reduce: {summary['points']} points, perplexity {summary['perplexity']:.3g}{kl}"
 
 

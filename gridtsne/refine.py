@@ -198,8 +198,10 @@ def swap_layout(
     *,
     sweeps: int = MAX_SWEEPS,
     seed: int = SEED,
+    movable: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Exact pair swaps that lower the objective (see the module docstring)."""
+    """Exact pair swaps that lower the objective (see the module docstring); with
+    ``movable`` (a bool per cell), only between two movable cells."""
     rng = np.random.default_rng(seed)
     nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
@@ -213,6 +215,10 @@ def swap_layout(
         vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols, ring + SWAP_REACH
     )
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
+    allowed = np.ones(len(occupant), dtype=bool)
+    if movable is not None:
+        allowed[:] = False
+        allowed[stencil.inner[np.asarray(movable, dtype=bool)]] = True
     # The pairs of one class (a partner offset, a phase on a lattice this coarse) lie
     # farther apart than a neighbour ring reaches, so their swaps are independent
     # and are tried at once.
@@ -256,7 +262,7 @@ def swap_layout(
         swapped = 0
         for index in rng.permutation(len(classes)):
             first, second, first_weights, second_weights, gathers = classes[index]
-            both = (occupant[first] != empty) & (occupant[second] != empty)
+            both = (occupant[first] != empty) & (occupant[second] != empty) & allowed[first] & allowed[second]
             first, second = first[both], second[both]
             change = distance[first] @ first_weights + distance[second] @ second_weights
             if nearest.any():
@@ -331,9 +337,12 @@ def refine_layout(
     *,
     seed: int = SEED,
     starts: int | None = None,
+    movable: np.ndarray | None = None,
 ) -> np.ndarray:
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
-    seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept."""
+    seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept. With ``movable``
+    (a bool per cell) only the images in those cells move: an update refines around what
+    changed and leaves the rest of the map as the user knows it."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
     if n_placed < 2:
@@ -344,7 +353,7 @@ def refine_layout(
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
     best_cost, best = np.inf, cell_of_image
     for start in range(starts_for(n_placed) if starts is None else starts):
-        cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start)
+        cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start, movable=movable)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells

@@ -55,3 +55,35 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
 def _centred_chunks(x: np.ndarray, mean: np.ndarray):
     for start in range(0, len(x), PCA_CHUNK_ROWS):
         yield x[start : start + PCA_CHUNK_ROWS] - mean
+
+
+def row_keys(vectors: np.ndarray) -> np.ndarray:
+    """A 64-bit fingerprint of each row's bytes (as float32): what makes a photo "the same
+    photo" across runs for a stable map. A photo whose vector changed is a new photo."""
+    import hashlib
+
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows],
+        dtype=np.uint64,
+    )
+
+
+def match_rows(old_keys: np.ndarray, new_keys: np.ndarray) -> np.ndarray:
+    """For each new row, the old row with the same key (-1: a new photo), one to one.
+
+    Rows with equal keys (identical photos) are paired in order, so two copies
+    of a photo keep two places.
+    """
+    old_keys, new_keys = np.asarray(old_keys, dtype=np.uint64), np.asarray(new_keys, dtype=np.uint64)
+    old_order = np.argsort(old_keys, kind="stable")
+    new_order = np.argsort(new_keys, kind="stable")
+    old_sorted, new_sorted = old_keys[old_order], new_keys[new_order]
+    # Rank of each new row among the new rows of its key (0: the first copy, 1: the second, ...).
+    new_rank = np.arange(len(new_sorted)) - np.searchsorted(new_sorted, new_sorted, side="left")
+    start = np.searchsorted(old_sorted, new_sorted, side="left")
+    count = np.searchsorted(old_sorted, new_sorted, side="right") - start
+    found = new_rank < count
+    matched = np.full(len(new_keys), -1, dtype=np.int64)
+    matched[new_order[found]] = old_order[start[found] + new_rank[found]]
+    return matched

@@ -31,6 +31,9 @@ IMAGES = "images.json"
 EMBEDDINGS = "embeddings.npy"
 COORDS = "coords.npy"
 GRID = "grid.npy"
+#: What the next update of the map starts from: each row's key and place (``gridtsne.stable``).
+REDUCE_STATE = "reduce-state.npz"
+ASSIGN_STATE = "assign-state.npz"
 
 #: What every manifest holds, as JSON objects; one without them is damaged.
 MANIFEST_KEYS = ("options", "params", "inputs", "outputs", "output_paths", "results")
@@ -94,6 +97,25 @@ def load_json(path: Path) -> Any:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def save_state(path: Path, meta: dict, **arrays: np.ndarray) -> None:
+    """Arrays and a JSON-able ``meta`` in one .npz, written atomically: one file, so that a
+    run killed halfway leaves the previous state or the new one, never a mix."""
+    meta_text = np.array(json.dumps(meta, sort_keys=True))
+    atomic_write(path, lambda handle: np.savez(handle, meta=meta_text, **arrays))
+
+
+def load_state(path: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """``save_state``'s meta and arrays, or None when the file is missing or damaged (the
+    stage then starts afresh, as before there was a state)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError):
+        return None
+    return (meta, arrays) if isinstance(meta, dict) else None
 
 
 class NotRegularFile(OSError):

@@ -14,8 +14,10 @@ ARTIFACTS = [
     "embed.json",
     "cache",
     "coords.npy",
+    "reduce-state.npz",
     "reduce.json",
     "grid.npy",
+    "assign-state.npz",
     "assign.json",
     "render.json",
 ]

@@ -55,14 +55,15 @@ def test_a_damaged_artifact_is_named_with_the_stage_to_rerun(cli, done, artifact
 
 def test_a_full_disk_names_the_file_and_leaves_the_old_artifact_whole(cli, done, monkeypatch):
     work, _ = done
-    before = (work / "coords.npy").read_bytes()
+    before = {name: (work / name).read_bytes() for name in ("coords.npy", "reduce-state.npz")}
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(workdir.os, "fsync", full)
-    one_line_error(cli("reduce", "-w", work, "--seed", 9), "coords.npy", "No space left on device")
-    assert (work / "coords.npy").read_bytes() == before
+    # The map's state is written first (then coords.npy): the first file the full disk refuses.
+    one_line_error(cli("reduce", "-w", work, "--seed", 9), "reduce-state.npz", "No space left on device")
+    assert {name: (work / name).read_bytes() for name in before} == before
     assert not [p for p in work.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -26,9 +26,15 @@ NOT_ON_ALL = {"shard"}
 COMMAND_OF_STAGE = {"embed": "embed", "reduce": "reduce", "assign": "assign", "render": "render"}
 
 
+#: Options that mean the same in several stages: one flat value goes to each of them.
+SHARED = {"relayout"}
+
+
 def test_option_names_are_unique_across_stages_so_one_flat_mapping_serves_all():
-    names = [name for kind in STAGE_OPTIONS.values() for name in kind.names()]
+    names = [name for kind in STAGE_OPTIONS.values() for name in kind.names() if name not in SHARED]
     assert len(names) == len(set(names))
+    options = PipelineOptions.from_flat({"relayout": True})
+    assert options.reduce.relayout and options.assign.relayout
 
 
 @pytest.mark.parametrize("stage", list(STAGE_OPTIONS))

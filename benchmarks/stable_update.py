@@ -1,0 +1,148 @@
+"""A map that lasts (issue 18): update a layout as photos come and go, against a fresh layout.
+
+    python benchmarks/stable_update.py --workdirs /work/layout-work --only emoji --seeds 0 1 2
+
+Each collection's embeddings by the shipped model (the work directories that
+``layout_quality.py --collections`` embeds into, one per collection) are laid
+out by gridtsne's own reduce and assign stages, in a scratch work directory,
+from 90% of the photos (a seeded random choice), then:
+
+(a) the other 10% added in one step;
+(b) the other 10% added in ten steps of 1%;
+(c) 10% of the first 90% removed.
+
+and, beside each, a fresh layout of the same final set (``--relayout``).
+Reported per scenario, median over the seeds: the share of the photos that
+stay and keep their cell (cells counted in the earlier grid, which a grown grid
+holds in its middle), the median and largest move of the others in cells, the
+share of new photos whose nearest embedding neighbour among the staying photos
+(cosine) is within 3 cells, DPQ_16 as its authors count ties of the update and
+of the fresh layout, and the seconds of the update's reduce + assign beside the
+fresh layout's (their ratio). Peak memory is the process's largest RSS after
+each scenario (ru_maxrss), which only grows: compare it with --fresh-first.
+"""
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gridtsne import assign, reduce
+from gridtsne.options import AssignOptions, ReduceOptions
+from gridtsne.vectors import normalise
+from gridtsne.workdir import Workdir, save_npy
+
+
+def lay_out(work: Workdir, vectors: np.ndarray, seed: int, relayout: bool) -> tuple[np.ndarray, dict, float]:
+    """Run reduce and assign on ``vectors`` in ``work``: the grid, assign's summary, seconds."""
+    save_npy(work.file("embeddings.npy"), vectors.astype(np.float32))
+    started = time.perf_counter()
+    reduce.run(work, ReduceOptions(seed=seed, relayout=relayout))
+    summary = assign.run(work, AssignOptions(relayout=relayout))
+    return np.load(work.file("grid.npy")), summary, time.perf_counter() - started
+
+
+def cell_rc(cells: np.ndarray, cols: int, offset=(0, 0)) -> np.ndarray:
+    row, col = np.divmod(cells, cols)
+    return np.stack([row - offset[0], col - offset[1]], axis=1)
+
+
+def compare(before_ids, before_cells, before_cols, after_ids, after_cells, summary, vectors_by_id) -> dict:
+    """Stability and kin figures of one update, photos named by their id in the collection."""
+    offset = summary.get("offset", [0, 0])
+    after_rc = cell_rc(after_cells, summary["cols"], offset)
+    before_rc = dict(zip(before_ids.tolist(), cell_rc(before_cells, before_cols), strict=True))
+    staying = np.array([i for i, photo in enumerate(after_ids) if photo in before_rc])
+    moves = np.array([np.hypot(*(after_rc[i] - before_rc[after_ids[i]])) for i in staying])
+    new = np.array([i for i, photo in enumerate(after_ids) if photo not in before_rc])
+    kin_near = np.nan
+    if len(new):
+        unit = normalise(vectors_by_id[after_ids].astype(np.float64))
+        similarity = unit[new] @ unit[staying].T
+        kin = staying[similarity.argmax(axis=1)]
+        kin_near = float((np.abs(after_rc[new] - after_rc[kin]).max(axis=1) <= 3).mean())
+    moved = moves[moves > 0]
+    return {
+        "same_cell": float((moves == 0).mean()),
+        "moved_median": float(np.median(moved)) if len(moved) else 0.0,
+        "moved_largest": float(moved.max()) if len(moved) else 0.0,
+        "kin_within_3": kin_near,
+    }
+
+
+def scenario(name: str, vectors: np.ndarray, seed: int) -> dict:
+    n = len(vectors)
+    order = np.random.default_rng(seed).permutation(n)
+    start_ids = np.sort(order[: int(round(0.9 * n))])
+    rest = order[int(round(0.9 * n)) :]
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Workdir(Path(scratch) / "update")
+        cells, summary, _ = lay_out(work, vectors[start_ids], seed, relayout=True)
+        ids, seconds, steps = start_ids, 0.0, []
+        if name == "add 10%":
+            steps = [np.sort(np.concatenate([start_ids, rest]))]
+        elif name == "add 1% x10":
+            steps = [
+                np.sort(np.concatenate([start_ids, *np.array_split(rest, 10)[: k + 1]])) for k in range(10)
+            ]
+        elif name == "remove 10%":
+            removed = np.random.default_rng(seed + 1).choice(start_ids, size=len(rest), replace=False)
+            steps = [np.setdiff1d(start_ids, removed)]
+        first_ids, first_cells, first_cols = ids, cells, summary["cols"]
+        for step in steps:
+            cells, summary, took = lay_out(work, vectors[step], seed, relayout=False)
+            seconds += took
+            ids = step
+        # Stability against the layout the user started from, after the last step.
+        figures = compare(first_ids, first_cells, first_cols, ids, cells, summary, vectors)
+        figures["dpq_update"] = summary["quality"]["dpq_authors"]
+        figures["mode"] = summary.get("mode")
+        figures["update_s"] = seconds
+        fresh_work = Workdir(Path(scratch) / "fresh")
+        _, fresh_summary, fresh_seconds = lay_out(fresh_work, vectors[ids], seed, relayout=True)
+        figures["dpq_fresh"] = fresh_summary["quality"]["dpq_authors"]
+        figures["fresh_s"] = fresh_seconds
+        figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdirs", default="/work/layout-work", help="one embedded work directory each")
+    parser.add_argument("--only", nargs="*", help="only these collections")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--scenarios", nargs="*", default=["add 10%", "add 1% x10", "remove 10%"])
+    args = parser.parse_args()
+    folders = sorted(p for p in Path(args.workdirs).iterdir() if (p / "embeddings.npy").is_file())
+    print(
+        f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'moved med':>9} {'max':>5} "
+        f"{'kin<=3':>6} {'DPQ upd':>7} {'DPQ fresh':>9} {'ratio':>6} {'upd s':>6} {'fresh s':>7} "
+        f"{'upd/fresh':>9} {'RSS MB':>7}"
+    )
+    for folder in folders:
+        if args.only and folder.name not in args.only:
+            continue
+        vectors = np.load(folder / "embeddings.npy")
+        for name in args.scenarios:
+            runs = [scenario(name, vectors, seed) for seed in args.seeds]
+            median = {
+                key: float(np.nanmedian([run[key] for run in runs])) for key in runs[0] if key != "mode"
+            }
+            modes = ",".join(sorted({str(run["mode"]) for run in runs}))
+            print(
+                f"{folder.name:<11} {len(vectors):>5} {name:<11} {median['same_cell']:>9.1%} "
+                f"{median['moved_median']:>9.2f} {median['moved_largest']:>5.1f} "
+                f"{median['kin_within_3']:>6.1%} "
+                f"{median['dpq_update']:>7.3f} {median['dpq_fresh']:>9.3f} "
+                f"{median['dpq_update'] / median['dpq_fresh']:>6.3f} {median['update_s']:>6.2f} "
+                f"{median['fresh_s']:>7.2f} {median['update_s'] / median['fresh_s']:>9.2f} "
+                f"{median['peak_rss_mb']:>7.0f}  {modes}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

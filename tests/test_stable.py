@@ -1,0 +1,133 @@
+"""A map that lasts: when photos come and go, the ones that stay keep their place (issue 18)."""
+
+import numpy as np
+import pytest
+
+from gridtsne import assign, embed, reduce
+from gridtsne.options import AssignOptions, EmbedOptions, ReduceOptions
+from gridtsne.workdir import Workdir, save_npy
+
+from .conftest import SAMPLES
+
+
+@pytest.fixture(scope="session")
+def vectors(tmp_path_factory):
+    """The shipped model's embeddings of the 250 sample photos (real vectors, embedded once)."""
+    work = Workdir(tmp_path_factory.mktemp("samples"))
+    embed.run(work, EmbedOptions(paths=[str(SAMPLES)]))
+    return work.load_embeddings()
+
+
+def lay_out(folder, vectors, **options):
+    """reduce and assign on ``vectors`` in ``folder``: each image's (row, col) and assign's summary."""
+    work = Workdir(folder)
+    save_npy(work.file("embeddings.npy"), np.asarray(vectors, dtype=np.float32))
+    reduce.run(work, ReduceOptions(**{k: v for k, v in options.items() if k in ReduceOptions.names()}))
+    summary = assign.run(
+        work, AssignOptions(**{k: v for k, v in options.items() if k in AssignOptions.names()})
+    )
+    cells = np.load(work.file("grid.npy"))
+    offset = summary.get("offset", [0, 0])
+    row, col = np.divmod(cells, summary["cols"])
+    return np.stack([row - offset[0], col - offset[1]], axis=1), summary
+
+
+def test_an_added_batch_leaves_the_map_in_place_and_near_duplicates_join_their_twin(vectors, tmp_path):
+    first, _ = lay_out(tmp_path / "w", vectors[:240])
+    twins = np.array([3, 100, 200])
+    noise = np.random.default_rng(0).normal(0, 1e-3, (3, vectors.shape[1]))
+    added = np.vstack([vectors[:240], vectors[twins] * (1 + noise)])
+    after, summary = lay_out(tmp_path / "w", added)
+    assert summary["mode"] == "update" and summary["new"] == 3 and summary["removed"] == 0
+    same = (after[:240] == first).all(axis=1)
+    assert same.mean() >= 0.9, same.mean()  # the map the user knows stays where it was
+    moves = np.abs(after[:240] - first)[~same].max(axis=1)
+    assert np.median(moves) <= 2, moves
+    # Each new photo lands beside the photo it nearly duplicates.
+    assert (np.abs(after[240:] - after[twins]).max(axis=1) <= 2).all(), (after[240:], after[twins])
+
+
+def test_removed_photos_leave_holes_and_nothing_else_moves(vectors, tmp_path):
+    first, _ = lay_out(tmp_path / "w", vectors)
+    keep = np.setdiff1d(np.arange(len(vectors)), [5, 60, 61, 180])
+    after, summary = lay_out(tmp_path / "w", vectors[keep])
+    assert summary["mode"] == "update" and summary["removed"] == 4 and summary["new"] == 0
+    assert (after == first[keep]).all()
+    assert summary["kept_cell"] == len(keep) and summary["moved"] == 0
+
+
+def test_relayout_is_exactly_a_fresh_layout_and_updates_are_deterministic(vectors, tmp_path):
+    lay_out(tmp_path / "a", vectors[:200])
+    lay_out(tmp_path / "b", vectors[:200])
+    updated_a, _ = lay_out(tmp_path / "a", vectors[:210])
+    updated_b, _ = lay_out(tmp_path / "b", vectors[:210])
+    assert (updated_a == updated_b).all()  # the same changes from the same start: the same grid
+    relaid, summary = lay_out(tmp_path / "a", vectors[:210], relayout=True)
+    fresh, _ = lay_out(tmp_path / "fresh", vectors[:210])
+    assert summary["mode"] == "fresh" and (relaid == fresh).all()
+    assert (Workdir(tmp_path / "a").file("coords.npy").read_bytes()
+            == Workdir(tmp_path / "fresh").file("coords.npy").read_bytes())  # fmt: skip
+
+
+def test_too_many_new_photos_lay_the_map_out_afresh_and_say_why(vectors, tmp_path):
+    lay_out(tmp_path / "w", vectors[:100])
+    messages = []
+    work = Workdir(tmp_path / "w")
+    save_npy(work.file("embeddings.npy"), vectors[:200])
+    from gridtsne.stage import Context
+
+    summary = reduce.run(work, ReduceOptions(), Context(on_message=messages.append))
+    assert summary["mode"] == "fresh" and "50% of the photos are new" in summary["why"]
+    assert any("--relayout-above" in line for line in messages)
+    assert assign.run(work, AssignOptions())["mode"] == "fresh"  # it follows the new map
+
+
+def test_a_fixed_grid_too_small_for_the_added_photos_is_a_clear_error(cli, vectors, tmp_path):
+    np.save(tmp_path / "v.npy", vectors[:100])
+    np.save(tmp_path / "more.npy", vectors[:101])
+    work = tmp_path / "w"
+    assert cli("reduce", "-w", work, "--embeddings", tmp_path / "v.npy").exit_code == 0
+    assert cli("assign", "-w", work, "--grid", "10x10").exit_code == 0
+    before = (work / "grid.npy").read_bytes()
+    assert cli("reduce", "-w", work, "--embeddings", tmp_path / "more.npy").exit_code == 0
+    result = cli("assign", "-w", work, "--grid", "10x10")
+    assert result.exit_code == 1 and "101 images do not fit a 10x10 grid" in result.stderr
+    assert (work / "grid.npy").read_bytes() == before
+
+
+def test_an_update_cut_short_between_its_files_is_finished_by_a_rerun(vectors, tmp_path, monkeypatch):
+    lay_out(tmp_path / "w", vectors[:200])
+    lay_out(tmp_path / "whole", vectors[:200])
+    expected, _ = lay_out(tmp_path / "whole", vectors[:205])
+    work = Workdir(tmp_path / "w")
+    save_npy(work.file("embeddings.npy"), vectors[:205])
+    real_save = reduce.save_npy
+
+    def killed(path, array):  # the state was written; the process dies before coords.npy
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reduce, "save_npy", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reduce.run(work, ReduceOptions())
+    monkeypatch.setattr(reduce, "save_npy", real_save)
+    after, summary = lay_out(tmp_path / "w", vectors[:205])
+    assert (after == expected).all()
+
+
+def test_the_command_line_reports_the_update(cli, vectors, tmp_path):
+    np.save(tmp_path / "v.npy", vectors[:200])
+    np.save(tmp_path / "more.npy", vectors[:204])
+    work = tmp_path / "w"
+    cli("reduce", "-w", work, "--embeddings", tmp_path / "v.npy")
+    cli("assign", "-w", work)
+    assert (
+        "map updated, 200 photos kept their place, 4 new"
+        in cli("reduce", "-w", work, "--embeddings", tmp_path / "more.npy").stderr
+    )
+    result = cli("assign", "-w", work)
+    assert "grid updated" in result.stderr and "4 new, 0 removed" in result.stderr
+    assert "DPQ_16" in result.stderr
+    status = cli("status", "-w", work)
+    assert status.exit_code == 0
+    relaid = cli("assign", "-w", work, "--relayout", "--json")
+    assert '"mode": "fresh"' in relaid.stdout
