@@ -14,7 +14,8 @@ from 90% of the photos (a seeded random choice), then:
 and, beside each, a fresh layout of the same final set (``--relayout``).
 Reported per scenario, median over the seeds: the share of the photos that
 stay and keep their cell (cells counted in the earlier grid, which a grown grid
-holds in its middle), the median and largest move of the others in cells, the
+holds in its middle) from the first layout to the last, and the median over the
+steps of that share from one step to the next, the median and largest move of the others in cells, the
 share of new photos whose nearest embedding neighbour among the staying photos
 (cosine) is within 3 cells, DPQ_16 as its authors count ties of the update and
 of the fresh layout, and the seconds of the update's reduce + assign beside the
@@ -92,12 +93,16 @@ def scenario(name: str, vectors: np.ndarray, seed: int) -> dict:
             removed = np.random.default_rng(seed + 1).choice(start_ids, size=len(rest), replace=False)
             steps = [np.setdiff1d(start_ids, removed)]
         first_ids, first_cells, first_cols = ids, cells, summary["cols"]
+        per_step = []
         for step in steps:
+            before = ids, cells, summary["cols"]
             cells, summary, took = lay_out(work, vectors[step], seed, relayout=False)
+            per_step.append(compare(*before, step, cells, summary, vectors)["same_cell"])
             seconds += took
             ids = step
         # Stability against the layout the user started from, after the last step.
         figures = compare(first_ids, first_cells, first_cols, ids, cells, summary, vectors)
+        figures["same_cell_step"] = float(np.median(per_step))
         figures["dpq_update"] = summary["quality"]["dpq_authors"]
         figures["mode"] = summary.get("mode")
         figures["update_s"] = seconds
@@ -118,7 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     folders = sorted(p for p in Path(args.workdirs).iterdir() if (p / "embeddings.npy").is_file())
     print(
-        f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'moved med':>9} {'max':>5} "
+        f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'per step':>8} "
+        f"{'moved med':>9} {'max':>5} "
         f"{'kin<=3':>6} {'DPQ upd':>7} {'DPQ fresh':>9} {'ratio':>6} {'upd s':>6} {'fresh s':>7} "
         f"{'upd/fresh':>9} {'RSS MB':>7}"
     )
@@ -134,6 +140,7 @@ def main() -> None:
             modes = ",".join(sorted({str(run["mode"]) for run in runs}))
             print(
                 f"{folder.name:<11} {len(vectors):>5} {name:<11} {median['same_cell']:>9.1%} "
+                f"{median['same_cell_step']:>8.1%} "
                 f"{median['moved_median']:>9.2f} {median['moved_largest']:>5.1f} "
                 f"{median['kin_within_3']:>6.1%} "
                 f"{median['dpq_update']:>7.3f} {median['dpq_fresh']:>9.3f} "

@@ -307,14 +307,7 @@ def layout(
     return cell_of_image.astype(np.int32), results
 
 
-#: How far (in cells) a photo that stays may be pushed by an update to make room.
-UPDATE_REACH = 2
-#: What moving a photo that stays costs beyond its squared distance, in squared cells:
-#: an update would rather put a new photo a cell or two from its kin than move several others.
-MOVE_COST = 3.0
-#: How far from its kin's cells a new photo is first looked for a cell (widened if none is free).
-NEW_REACH = 4
-#: A new photo's place is the median cell of this many of its nearest kept neighbours on the map.
+#: A new photo's place is the median cell of this many of its nearest staying neighbours on the map.
 KIN = 5
 #: Cells around every change that refinement may still swap.
 REFINE_AROUND = 1
@@ -341,19 +334,12 @@ def _disk(radius: int) -> np.ndarray:
     return offsets[np.argsort((offsets**2).sum(axis=1), kind="stable")]
 
 
-def _edges(centres_rc: np.ndarray, rows: int, cols: int, radius: int):
-    """Candidate cells within ``radius`` of each (row, col) centre (rounded), and the squared
-    distance from the exact centre: (which centre, which cell, squared distance)."""
-    offsets = _disk(radius)
-    base = np.rint(centres_rc).astype(np.int64)
-    cell_rc = base[:, None, :] + offsets[None, :, :]
-    inside = (
-        (cell_rc[..., 0] >= 0) & (cell_rc[..., 0] < rows) & (cell_rc[..., 1] >= 0) & (cell_rc[..., 1] < cols)
-    )
-    owner = np.broadcast_to(np.arange(len(centres_rc))[:, None], inside.shape)[inside]
-    cell_rc = cell_rc[inside]
-    squared = ((cell_rc - centres_rc[owner]) ** 2).sum(axis=1)
-    return owner, cell_rc[:, 0] * cols + cell_rc[:, 1], squared
+def _around(cells_rc: np.ndarray, rows: int, cols: int, radius: int) -> np.ndarray:
+    """Every cell within ``radius`` cells of one of ``cells_rc`` ((row, col) pairs)."""
+    reached = np.rint(cells_rc).astype(np.int64)[:, None, :] + _disk(radius)[None, :, :]
+    row, col = reached[..., 0].ravel(), reached[..., 1].ravel()
+    inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
+    return np.unique(row[inside] * cols + col[inside])
 
 
 def update_layout(
@@ -368,66 +354,40 @@ def update_layout(
     """An earlier grid updated for a changed photo set: the cell of each image and the results.
 
     ``home`` is each image's cell on the earlier grid, placed in this one (-1:
-    a new photo). One sparse assignment places every image: a photo that stays
-    may only keep its cell (cost 0) or move up to ``UPDATE_REACH`` cells
-    (``MOVE_COST`` + squared distance); a new photo goes near the median cell
-    of its ``KIN`` nearest staying neighbours on the map (squared distance),
-    searched ``NEW_REACH`` cells around, wider while no complete assignment
-    exists. Refinement then swaps only within ``REFINE_AROUND`` cells of a
-    change, so nothing far from a change moves.
+    a new photo). Every image gets a place to be: a staying photo its own
+    cell, a new photo the median cell of its ``KIN`` nearest staying
+    neighbours on the map. The grid's own solver then assigns the images to
+    cells with the least squared displacement from those places, so a photo
+    moves only as far as the room made for new photos demands (a cell or two
+    around each), and refinement swaps only within ``REFINE_AROUND`` cells of
+    a change.
     """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
     from scipy.spatial import cKDTree
 
     n_images, n_cells = len(home), rows * cols
     kept = np.flatnonzero(home >= 0)
     new = np.flatnonzero(home < 0)
     centre_rc = np.stack(np.divmod(np.arange(n_cells), cols), axis=1).astype(np.float64)
-    target = np.empty((n_images, 2))
-    target[kept] = centre_rc[home[kept]]
+    place = np.empty((n_images, 2))
+    place[kept] = centre_rc[home[kept]]
     if len(new):
         kin = min(KIN, len(kept))
-        _, nearest = cKDTree(np.asarray(coords, dtype=np.float64)[kept]).query(
-            np.asarray(coords, dtype=np.float64)[new], k=kin
-        )
-        target[new] = np.median(centre_rc[home[kept][np.reshape(nearest, (len(new), kin))]], axis=1)
-    owner_k, cell_k, squared_k = _edges(target[kept], rows, cols, UPDATE_REACH)
-    cost_k = np.where(squared_k > 0, MOVE_COST + squared_k, 0.0)
-    reach = NEW_REACH
-    while True:
-        owner_n, cell_n, squared_n = _edges(target[new], rows, cols, reach)
-        graph = csr_matrix(
-            (
-                np.concatenate([cost_k, squared_n]) + 1.0,  # + 1: no edge weighs 0 (a sparse 0 is no edge)
-                (np.concatenate([kept[owner_k], new[owner_n]]), np.concatenate([cell_k, cell_n])),
-            ),
-            shape=(n_images, n_cells),
-        )
-        try:
-            image, cell = min_weight_full_bipartite_matching(graph)
-            break
-        except ValueError:  # no complete assignment within these reaches: look farther
-            if reach >= rows + cols:
-                raise
-            reach *= 2
-    cell_of_image = np.empty(n_images, dtype=np.int64)
-    cell_of_image[image] = cell
-    placed_by_update = cell_of_image.copy()
+        map_points = np.asarray(coords, dtype=np.float64)
+        _, nearest = cKDTree(map_points[kept]).query(map_points[new], k=kin)
+        place[new] = np.median(centre_rc[home[kept][np.reshape(nearest, (len(new), kin))]], axis=1)
+    solver = resolve_solver("auto", n_cells)
+    cell_of_image = solver.solve(place[:, ::-1].copy(), rows, cols)  # solvers take (x = col, y = row)
+    placed_by_solver = cell_of_image.copy()
+    vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+    movable = np.zeros(n_cells, dtype=bool)
     if refine_grid:
         # What changed: the cells of the new photos, and where moved photos went and came from.
         moved = kept[cell_of_image[kept] != home[kept]]
-        changed_rc = centre_rc[np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved]])]
-        movable = np.zeros(n_cells, dtype=bool)
-        if len(changed_rc):
-            _, around, _ = _edges(changed_rc, rows, cols, REFINE_AROUND)
-            movable[around] = True
-        vectors = normalise(np.asarray(embeddings, dtype=np.float32))
-        cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols, movable=movable).astype(
-            np.int64
-        )
-    else:
-        vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+        changed = np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved]])
+        if len(changed):
+            movable[_around(centre_rc[changed], rows, cols, REFINE_AROUND)] = True
+            cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols, movable=movable)
+    cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     moved = cell_of_image[kept] != home[kept]
     distance = np.sqrt(((centre_rc[cell_of_image[kept]] - centre_rc[home[kept]]) ** 2).sum(axis=1))[moved]
     results = {
@@ -437,17 +397,16 @@ def update_layout(
         "rows": rows,
         "cols": cols,
         "empty_cells": n_cells - n_images,
-        "solver": "update",
+        "solver": solver.name,
         "new": len(new),
         "kept_cell": int((~moved).sum()),
         "moved": int(moved.sum()),
         "moved_median_cells": float(np.median(distance)) if len(distance) else 0.0,
         "moved_largest_cells": float(distance.max()) if len(distance) else 0.0,
-        "new_reach_cells": reach,
         "refined": refine_grid,
         "refinement": refine.settings() if refine_grid else None,
-        "refined_cells": int(movable.sum()) if refine_grid else 0,
-        "swapped_by_refinement": int((cell_of_image != placed_by_update).sum()),
+        "refined_cells": int(movable.sum()),
+        "swapped_by_refinement": int((cell_of_image != placed_by_solver).sum()),
         "quality": quality.layout_quality(vectors, cell_of_image, cols),
     }
     return cell_of_image.astype(np.int32), results
