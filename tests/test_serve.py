@@ -349,3 +349,25 @@ def test_a_worker_whose_server_died_while_starting_it_exits_at_once(tmp_path):
     )  # fmt: skip
     assert result.returncode == 3
     assert not (tmp_path / "data").exists()  # it touched nothing
+
+
+def test_a_visualization_can_continue_the_map_of_an_earlier_one(server, root):
+    names = sorted(p.name for p in (root / "photos").iterdir())
+    first = server.submit({"images": [f"photos/{name}" for name in names[:10]], "options": OPTIONS})
+    earlier = server.wait(first.json()["output"]["id"])
+    assert earlier["state"] == "succeeded" and earlier["layout"]["mode"] == "fresh"
+    before = grid_of(server.client.get(earlier["data"]["positions"]["json"]).json())
+
+    answer = server.submit({"images": ["photos"], "options": OPTIONS, "from": earlier["id"]})
+    assert answer.status_code == 202, answer.text
+    later = server.wait(answer.json()["output"]["id"])
+    assert later["state"] == "succeeded", later
+    layout = later["layout"]
+    assert layout["mode"] == "update" and layout["from"] == earlier["id"] and layout["new"] == 2
+    after = grid_of(server.client.get(later["data"]["positions"]["json"]).json())
+    # The earlier grid's photos are where they were, or a cell beside it (the grid may have grown).
+    offset_free = [max(abs(a - b) for a, b in zip(before[n], after[n], strict=True)) for n in before]
+    assert sum(move == 0 for move in offset_free) >= 6 and max(offset_free) <= 3, (before, after)
+
+    unknown = server.submit({"images": ["photos"], "from": "0" * 32})
+    assert unknown.status_code == 400 and unknown.json()["status"]["field"] == "from"

@@ -89,7 +89,7 @@ def error_response(http_status: int, details: str, field: str | None = None, hea
 class VisualizationRequest(BaseModel):
     """The body of ``POST /v2/visualizations``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     images: list[StrictStr] = Field(
         default=[], max_length=10_000, description="Files or folders, relative to the server's --root."
@@ -99,6 +99,11 @@ class VisualizationRequest(BaseModel):
         default={}, description="Stage options by their command-line names: grid, seed, tile, fit, ..."
     )
     web_page: StrictBool = Field(default=False, description="Also make the zoomable web page.")
+    continue_from: StrictStr | None = Field(
+        default=None, alias="from",
+        description="Id of an earlier, succeeded visualization whose map this one keeps: the photos in "
+        "both keep their place and cell, new ones join their kin.",
+    )  # fmt: skip
 
 
 def iso(seconds: float) -> str:
@@ -122,6 +127,8 @@ def job_output(job: Job, base: str) -> dict:
     if job.state == SUCCEEDED and job.results:
         url = f"{base}v2/visualizations/{job.id}"
         results = job.results
+        if results.get("layout"):
+            output["layout"] = results["layout"]
         output["percent_completed"] = 100
         output["data"] = {
             "image": {"url": f"{url}/image", "width": results["width"], "height": results["height"]},
@@ -245,6 +252,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         for index, given in enumerate(body.inputs):
             if not INPUT_ID.fullmatch(given):
                 raise Refused(400, f"{given!r} is not an input id (64 hex digits)", f"inputs.{index}")
+        if body.continue_from is not None:
+            earlier = jobs().get(body.continue_from) if JOB_ID.fullmatch(body.continue_from) else None
+            if earlier is None:
+                raise Refused(
+                    400, f"no visualization with id {body.continue_from!r} to continue from", "from"
+                )
+            if earlier.state != SUCCEEDED:
+                raise Refused(409, f"visualization {earlier.id} is {earlier.state}: only a succeeded one "
+                              "can be continued", "from")  # fmt: skip
         if not body.images and not body.inputs:
             raise Refused(400, 'name at least one photo: "images" (paths) or "inputs" (upload ids)')
         paths = []

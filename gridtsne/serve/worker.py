@@ -11,6 +11,7 @@ restart a re-queued job resumes through the stages' freshness and that cache.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,6 +211,7 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
         reduce=settings.reduce, assign=settings.assign, render=settings.render,
     )  # fmt: skip
     work = Workdir(folder / "work")
+    continued = _continue_from(config, request.get("continue_from"), work)
     context = Context(progress=False, jobs=2)
     done = 0
 
@@ -247,6 +249,23 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
         lock.__exit__(None, None, None)
     by_stage = {summary["stage"]: summary for summary in summaries}
     embedded, grid = by_stage["embed"], by_stage["assign"]
+    layout = {"mode": grid.get("mode", "fresh"), "from": continued}
+    if grid.get("mode") == "update":
+        layout.update(
+            {
+                name: grid.get(name)
+                for name in (
+                    "kept_cell",
+                    "moved",
+                    "moved_median_cells",
+                    "moved_largest_cells",
+                    "new",
+                    "removed",
+                )
+            }
+        )
+    elif grid.get("why"):
+        layout["why"] = grid["why"]
     from PIL import Image
 
     with Image.open(picture) as image:
@@ -265,7 +284,25 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
         "embeddings_computed": embedded.get("computed"),
         "embeddings_reused": embedded.get("reused"),
         "web_page": bool(request.get("web_page")),
+        "layout": layout,
     }
+
+
+def _continue_from(config: ServeConfig, job_id: str | None, work) -> str | None:
+    """Give a job's work directory the map of the earlier job it continues (its stages then
+    update that map); the earlier job's id, or None when there is none or its files are gone."""
+    from gridtsne.workdir import ASSIGN_STATE, REDUCE_STATE
+
+    if job_id is None:
+        return None
+    earlier = config.job_folder(job_id) / "work"
+    states = [earlier / name for name in (REDUCE_STATE, ASSIGN_STATE)]
+    if not all(state.is_file() and not state.is_symlink() for state in states):
+        return None  # deleted since: the job lays its map out afresh and says why
+    work.path.mkdir(parents=True, exist_ok=True)
+    for state in states:
+        shutil.copyfile(state, work.file(state.name))
+    return job_id
 
 
 def main(argv: list[str]) -> int:
