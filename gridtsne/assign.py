@@ -412,6 +412,18 @@ def update_layout(
     return cell_of_image.astype(np.int32), results
 
 
+def update_text(results: dict) -> str:
+    """What an update kept, moved and added, in words, for summaries and ``status``."""
+    moved = (
+        f", {results['moved']} moved (median {results['moved_median_cells']:.1f}, largest "
+        f"{results['moved_largest_cells']:.1f} cells)"
+        if results["moved"]
+        else ""
+    )
+    added = f"{results['new']} new, {results['removed']} removed"
+    return f"{results['kept_cell']} photos kept their cell{moved}, {added}"
+
+
 def quality_text(numbers: dict) -> str:
     """The layout quality numbers in words, for summaries and ``status``."""
     authors = f" ({numbers['dpq_authors']:.3f} as its authors count ties)" if "dpq_authors" in numbers else ""
@@ -558,15 +570,8 @@ class AssignStage(Stage):
 
     def describe(self, summary: dict) -> str:
         if summary.get("mode") == "update":
-            moved = (
-                f", {summary['moved']} moved (median {summary['moved_median_cells']:.1f}, largest "
-                f"{summary['moved_largest_cells']:.1f} cells)"
-                if summary["moved"]
-                else ""
-            )
             return (
-                f"assign: grid updated, {summary['rows']}x{summary['cols']}: {summary['kept_cell']} photos "
-                f"kept their cell{moved}, {summary['new']} new, {summary['removed']} removed, "
+                f"assign: grid updated, {summary['rows']}x{summary['cols']}: {update_text(summary)}, "
                 + quality_text(summary["quality"])
             )
         left_out = f", {len(summary['left_out'])} left out" if summary.get("left_out") else ""

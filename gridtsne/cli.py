@@ -549,6 +549,9 @@ def status_command(workdir, as_json):
         if entry["done"] and isinstance(quality, dict):
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 click.echo(f"          {assign.quality_text(quality)}")
+            if entry["results"].get("mode") == "update":
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    click.echo(f"          updated: {assign.update_text(entry['results'])}")
 
 
 @main.command("serve")

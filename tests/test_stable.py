@@ -128,6 +128,6 @@ def test_the_command_line_reports_the_update(cli, vectors, tmp_path):
     assert "grid updated" in result.stderr and "4 new, 0 removed" in result.stderr
     assert "DPQ_16" in result.stderr
     status = cli("status", "-w", work)
-    assert status.exit_code == 0
+    assert status.exit_code == 0 and "updated: " in status.stdout and "4 new, 0 removed" in status.stdout
     relaid = cli("assign", "-w", work, "--relayout", "--json")
     assert '"mode": "fresh"' in relaid.stdout
