@@ -158,6 +158,12 @@ class BlocksSolver:
             n_first = min(max(natural, len(members) - capacity_second), capacity_first)
             pending.append((order[:n_first], *first))
             pending.append((order[n_first:], *second))
+        return self.improve(points, cell_of_point, rows, cols)
+
+    def improve(self, points: np.ndarray, cell_of_point: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """Step 3 alone, on any complete assignment: it only lowers the total cost, window by
+        window, so photos already where they should be stay."""
+        cell_of_point = np.asarray(cell_of_point, dtype=np.int64).copy()
         centres = cell_centres(rows, cols)
         costs = [float(((points - centres[cell_of_point]) ** 2).sum())]
         for index in range(self.max_passes):
@@ -342,6 +348,35 @@ def _around(cells_rc: np.ndarray, rows: int, cols: int, radius: int) -> np.ndarr
     return np.unique(row[inside] * cols + col[inside])
 
 
+def _first_cells(place: np.ndarray, home: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A complete first assignment for an update: each staying photo in its cell, each new
+    one in the free cell nearest its place (in order of the images), however far."""
+    from scipy.spatial import cKDTree
+
+    cells = home.astype(np.int64).copy()
+    new = np.flatnonzero(home < 0)
+    taken = np.zeros(rows * cols, dtype=bool)
+    taken[home[home >= 0]] = True
+    free = np.flatnonzero(~taken)
+    if len(new) == 0:
+        return cells
+    free_rc = np.stack(np.divmod(free, cols), axis=1).astype(np.float64)
+    tree = cKDTree(free_rc)
+    used = np.zeros(len(free), dtype=bool)
+    for image in new:
+        k = 8
+        while True:
+            _, nearest = tree.query(place[image], k=min(k, len(free)))
+            nearest = np.atleast_1d(nearest)
+            open_ = nearest[~used[nearest]]
+            if len(open_):
+                used[open_[0]] = True
+                cells[image] = free[open_[0]]
+                break
+            k *= 4
+    return cells
+
+
 def update_layout(
     coords: np.ndarray,
     embeddings: np.ndarray,
@@ -356,11 +391,12 @@ def update_layout(
     ``home`` is each image's cell on the earlier grid, placed in this one (-1:
     a new photo). Every image gets a place to be: a staying photo its own
     cell, a new photo the median cell of its ``KIN`` nearest staying
-    neighbours on the map. The grid's own solver then assigns the images to
-    cells with the least squared displacement from those places, so a photo
-    moves only as far as the room made for new photos demands (a cell or two
-    around each), and refinement swaps only within ``REFINE_AROUND`` cells of
-    a change.
+    neighbours on the map. The images then go to the cells with the least
+    squared displacement from those places (exact up to ``EXACT_MAX_CELLS``;
+    above, the blocks solver's windows improve a first assignment that puts
+    the new photos in the nearest free cells), so a photo moves only as far
+    as the room made for new photos demands, and refinement swaps only
+    within ``REFINE_AROUND`` cells of a change.
     """
     from scipy.spatial import cKDTree
 
@@ -375,8 +411,13 @@ def update_layout(
         map_points = np.asarray(coords, dtype=np.float64)
         _, nearest = cKDTree(map_points[kept]).query(map_points[new], k=kin)
         place[new] = np.median(centre_rc[home[kept][np.reshape(nearest, (len(new), kin))]], axis=1)
-    solver = resolve_solver("auto", n_cells)
-    cell_of_image = solver.solve(place[:, ::-1].copy(), rows, cols)  # solvers take (x = col, y = row)
+    points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
+    if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
+        solver = resolve_solver("exact", n_cells)
+        cell_of_image = solver.solve(points, rows, cols)
+    else:  # from the earlier grid, better window by window: far from the changes nothing moves
+        solver = BlocksSolver()
+        cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols)
     placed_by_solver = cell_of_image.copy()
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     movable = np.zeros(n_cells, dtype=bool)

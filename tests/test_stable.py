@@ -131,3 +131,25 @@ def test_the_command_line_reports_the_update(cli, vectors, tmp_path):
     assert status.exit_code == 0 and "updated: " in status.stdout and "4 new, 0 removed" in status.stdout
     relaid = cli("assign", "-w", work, "--relayout", "--json")
     assert '"mode": "fresh"' in relaid.stdout
+
+
+def test_on_a_large_grid_nothing_far_from_a_new_photo_moves():
+    # 2,500 cells: above the exact solver's limit, the blocks solver's windows place the update.
+    rows = cols = 50
+    rng = np.random.default_rng(0)
+    home = rng.permutation(rows * cols)[:2450]
+    row, col = np.divmod(home, cols)
+    coords = np.stack([col, row], axis=1) + rng.uniform(-0.3, 0.3, (2450, 2))
+    embeddings = np.hstack([coords / 50, rng.normal(0, 0.01, (2450, 6))]).astype(np.float32)
+    # Three new photos, in the middle of the map, twins of photos there.
+    twins = np.flatnonzero((np.abs(row - 25) < 3) & (np.abs(col - 25) < 3))[:3]
+    coords = np.vstack([coords, coords[twins]])
+    embeddings = np.vstack([embeddings, embeddings[twins]])
+    home = np.concatenate([home, [-1, -1, -1]])
+    cells, results = assign.update_layout(coords, embeddings, home, rows, cols)
+    assert results["new"] == 3 and len(np.unique(cells)) == len(cells)
+    new_rc = np.stack(np.divmod(cells[-3:], cols), axis=1)
+    kept_rc = np.stack(np.divmod(cells[:-3], cols), axis=1)
+    far = np.abs(np.stack([row, col], axis=1)[:, None, :] - new_rc[None]).max(axis=2).min(axis=1) > 12
+    assert (kept_rc[far] == np.stack([row, col], axis=1)[far]).all()  # far away, nothing moved
+    assert (np.abs(new_rc - np.stack(divmod(home[twins], cols), axis=1)).max(axis=1) <= 3).all()
