@@ -361,8 +361,15 @@ class EmbedStage(Stage):
                 )
             )
         save_npy(workdir.file(EMBEDDINGS), np.stack(vectors).astype(np.float32))
-        save_json(workdir.file(IMAGES), {"images": embedded, "skipped": skipped})
-        return {**results, "dimension": len(vectors[0])}
+        left_out = {**found.left_out, "extensions": found.other_extensions} if found.left_out else {}
+        save_json(workdir.file(IMAGES), {"images": embedded, "skipped": skipped, "left_out": left_out})
+        return {
+            **results,
+            "dimension": len(vectors[0]),
+            "left_out": sum(found.left_out.values()),
+            "left_out_by_kind": found.left_out,
+            "other_extensions": found.other_extensions,
+        }
 
     def describe(self, summary: dict) -> str:
         shard = f" (shard {summary['shard']}, into the cache)" if "shard" in summary else ""
@@ -372,7 +379,8 @@ class EmbedStage(Stage):
             if summary["skipped"]
             else ""
         )
-        return f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped}"
+        left_out = f", left out: {describe_left_out(summary)}" if summary.get("left_out") else ""
+        return f"embed: {summary['embedded']} images embedded{shard}{reused}{skipped}{left_out}"
 
 
 STAGE = EmbedStage()
@@ -490,6 +498,20 @@ def _embed_files(
 def _record(item: _Item, vector: np.ndarray, known: Record | None = None) -> Record:
     width, height = (known.width, known.height) if known else item.size
     return Record(str(item.path), item.bytes, item.mtime_ns, item.sha256, width, height, vector)
+
+
+def describe_left_out(summary: dict) -> str:
+    """``"30 not an image extension (.txt 10, .json 8, ...), 2 hidden files"``: what a walk left
+    out, so that every file in a folder is accounted for."""
+    extensions = sorted(summary.get("other_extensions", {}).items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{suffix} {count}" for suffix, count in extensions[:5])
+    more = ", ..." if len(extensions) > 5 else ""
+    parts = []
+    for kind, count in sorted(summary["left_out_by_kind"].items(), key=lambda item: (-item[1], item[0])):
+        detail = f" ({shown}{more})" if kind == "not an image extension" and shown else ""
+        plural = "s" if count != 1 and kind.startswith("hidden") else ""
+        parts.append(f"{count} {kind}{plural}{detail}")
+    return ", ".join(parts)
 
 
 def describe_skips(by_reason: dict[str, int]) -> str:

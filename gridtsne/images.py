@@ -97,6 +97,10 @@ class Found:
 
     files: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: Files in walked folders that were not tried, counted: "hidden file", "hidden folder"
+    #: (not walked), and by extension those that are not image extensions (".txt", "(none)").
+    left_out: dict[str, int] = field(default_factory=dict)
+    other_extensions: dict[str, int] = field(default_factory=dict)
 
 
 def find_images(
@@ -143,6 +147,10 @@ def find_images(
     def unlistable(error: OSError) -> None:
         found.skipped.append((shown_path(error.filename), f"unreadable: {error.strerror} (a folder)"))
 
+    def count(kind: str, how_many: int = 1) -> None:
+        if how_many:
+            found.left_out[kind] = found.left_out.get(kind, 0) + how_many
+
     walked: set[tuple[int, int]] = set()
     for given in paths:
         root = Path(os.path.abspath(given))
@@ -153,14 +161,23 @@ def find_images(
                     subfolders[:] = []
                     continue
                 walked.add((folder_stat.st_dev, folder_stat.st_ino))
+                hidden_folders = [d for d in subfolders if not hidden and d.startswith(".")]
+                count("hidden folder", len(hidden_folders))
                 subfolders[:] = sorted(
                     d
                     for d in subfolders
-                    if (hidden or not d.startswith(".")) and (Path(folder) / d).resolve() not in excluded
+                    if d not in hidden_folders and (Path(folder) / d).resolve() not in excluded
                 )
                 for name in sorted(names):
                     path = Path(folder) / name
-                    if (hidden or not name.startswith(".")) and path.suffix.lower() in wanted:
+                    if not hidden and name.startswith("."):
+                        count("hidden file")
+                    elif path.suffix.lower() not in wanted:
+                        if not excluded or path.resolve() not in excluded:
+                            suffix = path.suffix.lower() or "(none)"
+                            found.other_extensions[suffix] = found.other_extensions.get(suffix, 0) + 1
+                            count("not an image extension")
+                    else:
                         consider(path)
         else:
             consider(root)

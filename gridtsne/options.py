@@ -27,6 +27,9 @@ from gridtsne.errors import OptionError
 DEFAULT_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
     ".heic", ".heif", ".avif", ".jp2", ".ppm", ".pgm", ".pnm",
+    # Further formats Pillow decodes (issue 20: a walk must not leave them out unseen).
+    ".j2k", ".jpx", ".jpf", ".mpo", ".tga", ".ico", ".pcx", ".sgi", ".rgb", ".rgba", ".bw",
+    ".psd", ".qoi", ".xpm", ".dds", ".icns",
 )  # fmt: skip
 #: Pillow's own decompression-bomb threshold: refuse headers that claim more.
 DEFAULT_MAX_PIXELS = 178_956_970

@@ -1,6 +1,7 @@
 """images: finding files and decoding every kind of picture, or saying why not."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,29 @@ def test_reading_never_changes_the_file(tmp_path):
     open_image(path)
     images.content_hash(path)
     assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
+
+
+def test_every_file_of_a_walked_folder_is_embedded_skipped_or_counted(cli, tmp_path):
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    (folder / ".thumbnails").mkdir(parents=True)
+    picture = Image.new("RGB", (64, 48), "red")
+    picture.paste(Image.new("RGB", (32, 24), "blue"), (0, 0))
+    kinds = {"TGA": "a.tga", "ICO": "b.ico", "PCX": "c.pcx", "SGI": "d.sgi", "QOI": "e.qoi",
+             "JPEG2000": "f.jp2", "MPO": "g.mpo", "DDS": "h.dds"}  # fmt: skip
+    for kind, name in kinds.items():
+        picture.save(folder / name, format=kind)
+    for name in ("notes.txt", "data.json", "README", ".DS_Store"):
+        (folder / name).write_text("not a photo")
+    result = cli("embed", folder, "-w", tmp_path / "w")
+    assert result.exit_code == 0, result.stderr
+    listing = json.loads((tmp_path / "w" / "images.json").read_text())
+    assert sorted(Path(entry["path"]).name for entry in listing["images"]) == sorted(kinds.values())
+    assert listing["left_out"] == {
+        "not an image extension": 3, "hidden file": 1, "hidden folder": 1,
+        "extensions": {".txt": 1, ".json": 1, "(none)": 1},
+    }  # fmt: skip
+    assert "left out: 3 not an image extension" in result.stderr and "1 hidden file" in result.stderr
