@@ -644,6 +644,7 @@ def save_grid(workdir: Workdir, cell_of_image: np.ndarray, rows: int, cols: int)
     options = AssignOptions(grid=(rows, cols), refine=False)  # not refined here: no upgrade makes it stale
     plan = STAGE.plan(workdir, options)
     cells = np.asarray(cell_of_image, dtype=np.int32)
+    workdir.file(ASSIGN_STATE).unlink(missing_ok=True)  # an update must not start from a grid it replaced
     save_npy(workdir.file(GRID), cells)
     workdir.load_grid(len(cells), rows * cols)  # the same checks as render's
     results = {"rows": rows, "cols": cols, "placed": int((cells >= 0).sum()), "imported": True}
