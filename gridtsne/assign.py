@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -495,7 +494,7 @@ class AssignStage(Stage):
     name = "assign"
     options_type = AssignOptions
     reads = (COORDS, EMBEDDINGS)
-    writes = (GRID, ASSIGN_STATE)
+    writes = (GRID,)  # and ASSIGN_STATE: bookkeeping for the next update, not an artifact to guard
 
     def code_parameters(self, options: AssignOptions) -> dict:
         # Refinement's settings stand for its code: a grid refined by an older version is stale.
@@ -503,9 +502,6 @@ class AssignStage(Stage):
 
     def may_skip(self, options: AssignOptions) -> bool:
         return not options.relayout  # a relayout is asked for: it runs even when fresh
-
-    def outputs(self, workdir: Workdir, options: AssignOptions, results: dict) -> dict[str, Path]:
-        return {GRID: workdir.file(GRID)}  # the state is bookkeeping, not an artifact to guard
 
     def plan_update(self, workdir: Workdir, options: AssignOptions, keys: np.ndarray, map_layout):
         """The earlier grid's shape and each image's earlier cell (-1: new), or why to start afresh."""
@@ -530,7 +526,7 @@ class AssignStage(Stage):
         earlier_cell = np.where(earlier_row >= 0, old_cells[np.maximum(earlier_row, 0)], -1)
         if not (earlier_cell >= 0).any():
             return None, "no photo of the earlier grid is left"
-        if rows * cols > 2 * max(MAX_CELLS_ALWAYS // 2, len(keys)) and options.grid is None:
+        if options.grid is None and rows * cols > max(MAX_CELLS_ALWAYS, 2 * len(keys)):
             return None, "most photos of the earlier grid are gone"
         removed = len(old_keys) - int((earlier_row >= 0).sum())
         return (rows, cols, earlier_cell, removed), None
@@ -544,7 +540,7 @@ class AssignStage(Stage):
         map_layout = map_state[0].get("layout") if map_state else None
         update, why_fresh = self.plan_update(workdir, options, keys, map_layout)
         if update is not None:
-            results = self.update(coords, embeddings, options, update, context)
+            results = self.update(coords, embeddings, options, update)
         else:
             results = self.fresh(workdir, coords, embeddings, options, context)
             results["why"] = why_fresh
@@ -556,7 +552,7 @@ class AssignStage(Stage):
         save_npy(workdir.file(GRID), cell_of_image)
         return results
 
-    def update(self, coords, embeddings, options: AssignOptions, update, context: Context) -> dict:
+    def update(self, coords, embeddings, options: AssignOptions, update) -> dict:
         old_rows, old_cols, earlier_cell, removed = update
         rows, cols = options.grid or grown_shape(
             old_rows, old_cols, len(coords), options.aspect or (1.0, 1.0)

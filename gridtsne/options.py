@@ -101,25 +101,24 @@ def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any],
     return parse
 
 
-def _positive_number(value: Any) -> float:
+def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{value!r} is not a number")
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a number") from None
+
+
+def _positive_number(value: Any) -> float:
+    number = _number(value)
     if not number > 0 or number == float("inf"):
         raise ValueError(f"{value} must be a number above 0")
     return number
 
 
 def _share(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{value!r} is not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
+    number = _number(value)
     if not 0 <= number <= 1:
         raise ValueError(f"{value} is not a share from 0 to 1")
     return number

@@ -259,13 +259,10 @@ class ReduceStage(Stage):
     name = "reduce"
     options_type = ReduceOptions
     reads = (EMBEDDINGS,)
-    writes = (COORDS, REDUCE_STATE)
+    writes = (COORDS,)  # and REDUCE_STATE: bookkeeping for the next update, not an artifact to guard
 
     def may_skip(self, options: ReduceOptions) -> bool:
         return not options.relayout  # a relayout is asked for: it runs even when fresh
-
-    def outputs(self, workdir: Workdir, options: ReduceOptions, results: dict) -> dict[str, Path]:
-        return {COORDS: workdir.file(COORDS)}  # the state is bookkeeping, not an artifact to guard
 
     def plan_update(self, workdir: Workdir, options: ReduceOptions, keys: np.ndarray, context: Context):
         """The earlier map's state and each row's earlier row (-1: new), or why to start afresh."""
