@@ -554,6 +554,112 @@ def status_command(workdir, as_json):
                     click.echo(f"          updated: {assign.update_text(entry['results'])}")
 
 
+def _bytes_text(count: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def _when_text(seconds: float | None) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M") if seconds else "never"
+
+
+def _cache_folders(workdir: str | None, cache_dir: str | None) -> tuple[Workdir, Path]:
+    wd = _workdir(workdir)
+    return wd, Path(cache_dir or embed.default_cache_dir(wd))
+
+
+cache_folder_options = _with(
+    workdir_option,
+    click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+                 help="The embedding cache. Default: $GRIDTSNE_CACHE, else WORK/cache."),
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+)  # fmt: skip
+
+
+@main.group("cache")
+def cache_group():
+    """See and prune the caches: embeddings (WORK/cache or $GRIDTSNE_CACHE) and tiles (WORK/thumbs).
+
+    Both only save time: whatever a prune removes is made again when needed.
+    """
+
+
+@cache_group.command("status")
+@cache_folder_options
+@reports_errors
+def cache_status_command(workdir, cache_dir, as_json):
+    """Show what each cache holds, what it takes on disk and when it was last used.
+
+    \b
+    Example:
+        gridtsne cache status -w work
+    """
+    from gridtsne import cache, tiles
+
+    wd, root = _cache_folders(workdir, cache_dir)
+    report = {"embeddings": cache.usage(root), "tiles": tiles.cache_usage(wd.path)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"embedding cache: {root}")
+    for row in report["embeddings"] or [{"folder": "(empty)", "vectors": 0, "bytes": 0}]:
+        used = f", used {_when_text(row.get('oldest_use'))} to {_when_text(row.get('newest_use'))}"
+        click.echo(f"  {Path(row['folder']).name}: {row['vectors']:,} vectors, {_bytes_text(row['bytes'])}"
+                   + (used if row.get("newest_use") else ""))  # fmt: skip
+    row = report["tiles"]
+    click.echo(f"tile cache: {row['folder']}")
+    used = f", used {_when_text(row['oldest_use'])} to {_when_text(row['newest_use'])}"
+    click.echo(f"  {row['tiles']:,} tiles, {_bytes_text(row['bytes'])}" + (used if row["tiles"] else ""))
+
+
+@cache_group.command("prune")
+@cache_folder_options
+@click.option("--older-than", metavar="AGE", default=None,
+              help="Remove what no run used for AGE: 30d, 12h, 90m, 2w.")  # fmt: skip
+@click.option(
+    "--max-size",
+    metavar="SIZE",
+    default=None,
+    help="Then remove the least recently used until each cache takes at most SIZE: 5G, 500M.",
+)
+@reports_errors
+def cache_prune_command(workdir, cache_dir, as_json, older_than, max_size):
+    """Remove cached embeddings and tiles not used lately, or beyond a size.
+
+    Safe while other runs use the same caches: a vector or tile removed from
+    under a run is computed again. Says what it freed.
+
+    \b
+    Example:
+        gridtsne cache prune --older-than 30d --max-size 5G
+    """
+    from gridtsne import cache, tiles
+
+    if older_than is None and max_size is None:
+        raise click.UsageError("say what to remove: --older-than AGE, --max-size SIZE, or both")
+    age = cache.parse_age(older_than) if older_than is not None else None
+    size = cache.parse_size(max_size) if max_size is not None else None
+    wd, root = _cache_folders(workdir, cache_dir)
+    report = {"embeddings": cache.prune(root, age, size), "tiles": tiles.prune_cache(wd.path, age, size)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for row in report["embeddings"]:
+        click.echo(
+            f"embeddings {row['folder']}: removed {row['removed']:,} vectors, freed "
+            f"{_bytes_text(row['freed_bytes'])}; {row['kept']:,} kept ({_bytes_text(row['bytes'])})"
+        )
+    row = report["tiles"]
+    click.echo(
+        f"tiles {row['folder']}: removed {row['removed']:,} tiles, freed "
+        f"{_bytes_text(row['freed_bytes'])}; {row['kept']:,} kept ({_bytes_text(row['bytes'])})"
+    )
+
+
 @main.command("serve")
 @click.option(
     "--root",

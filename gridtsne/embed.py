@@ -442,6 +442,7 @@ def _embed_found(workdir: Workdir, options: EmbedOptions, context: Context, mode
         "skipped": len(skipped),
         "skipped_by_reason": dict(collections.Counter(imagelib.reason_kind(s["reason"]) for s in skipped)),
     }
+    cache.note_used([item.sha256 for item in outcome if not item.reason and not item.computed])
     if options.shard is None and embedded:
         cache.compact()
     return embedded, vectors, skipped, results

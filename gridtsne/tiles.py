@@ -11,7 +11,8 @@ a photo rewritten since embed, even at the same size, is drawn as it is now. A
 cached tile records the (path, size, modification time) of the files it was
 checked against, so an unchanged photo is not even read again. Tiles are
 cached losslessly (PNG), so a render from the cache is the same picture, byte
-for byte, as the render that filled it.
+for byte, as the render that filled it. A tile's modification time is the
+last time a render used it, so ``prune_cache`` drops the least recently used.
 
 How a photo fills its square tile is a choice among a few small functions
 behind one name (``FITS``). "pad" tiles are made and cached without their
@@ -166,12 +167,15 @@ class Tiles:
 
     def _load(self, sha: str) -> tuple[Image.Image | None, list]:
         """The cached tile of this content and the stamps of the files checked against it."""
+        path = self._cache_path(sha)
         try:
-            with Image.open(self._cache_path(sha)) as image:
+            with Image.open(path) as image:
                 if image.format != "PNG":  # from a version that cached lossy JPEG: make it again
                     return None, []
                 tile = image.convert("RGB")
                 stamps = json.loads(image.info.get(STAMPS_KEY, "[]"))
+            with contextlib.suppress(OSError):
+                os.utime(path)  # used now: kept by a prune by age
             return tile, [s for s in stamps if isinstance(s, list)] if isinstance(stamps, list) else []
         except (OSError, ValueError, SyntaxError):
             return None, []  # not cached yet, or a damaged entry: make it again
@@ -191,6 +195,50 @@ class Tiles:
         except OSError:  # a full or read-only disk costs the cache, not the render
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def cache_files(work: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Each cached tile of a work directory, with its stat (a link or other odd entry is left out)."""
+    for path in (Path(work) / CACHE_DIRNAME).glob("*/*/*.tile"):
+        with contextlib.suppress(OSError):
+            found = path.lstat()
+            if stat.S_ISREG(found.st_mode):
+                yield path, found
+
+
+def cache_usage(work: Path) -> dict:
+    """How many tiles the work directory's cache holds, what they take on disk, their use times."""
+    found = [(found.st_blocks * 512, found.st_mtime) for _, found in cache_files(work)]
+    return {
+        "folder": str(Path(work) / CACHE_DIRNAME),
+        "tiles": len(found),
+        "bytes": sum(size for size, _ in found),
+        "oldest_use": min((when for _, when in found), default=None),
+        "newest_use": max((when for _, when in found), default=None),
+    }
+
+
+def prune_cache(work: Path, older_than_seconds: float | None = None, max_bytes: int | None = None) -> dict:
+    """Remove the tiles not used for ``older_than_seconds``, then the least recently used
+    until the cache takes at most ``max_bytes``; what was removed and kept.
+
+    Safe beside a running render: a tile removed from under it is made again from its photo."""
+    import time
+
+    found = sorted(cache_files(work), key=lambda entry: entry[1].st_mtime, reverse=True)  # newest first
+    cutoff = time.time() - older_than_seconds if older_than_seconds is not None else None
+    kept_bytes, removed, freed, full = 0, 0, 0, False
+    for path, found_stat in found:
+        size = found_stat.st_blocks * 512
+        full = full or (max_bytes is not None and kept_bytes + size > max_bytes)  # and all older ones go
+        if full or (cutoff is not None and found_stat.st_mtime < cutoff):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed, freed = removed + 1, freed + size
+                continue
+        kept_bytes += size
+    return {"folder": str(Path(work) / CACHE_DIRNAME), "removed": removed, "kept": len(found) - removed,
+            "freed_bytes": freed, "bytes": kept_bytes}  # fmt: skip
 
 
 def in_order(

@@ -1,6 +1,7 @@
 """cache: a cache shared by several processes loses no vector; a damaged chunk only costs a recompute."""
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -165,3 +166,122 @@ def test_embed_recomputes_what_a_truncated_chunk_held(tmp_path, colour_photos, m
     chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
     again = embed.run(work, EmbedOptions(paths=[colour_photos[0].parent]))
     assert (again["embedded"], again["computed"]) == (first["embedded"], first["embedded"])
+
+
+# Pruning: `gridtsne cache prune` drops what no run used lately, and never what another run just wrote.
+
+
+def age_everything(folder, days: float) -> None:
+    """Make every file of a cache look ``days`` old (written and last used then)."""
+    import os
+    import time
+
+    then = time.time() - days * 86400
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.utime(path, (then, then))
+
+
+def test_a_prune_by_age_keeps_what_a_run_used_lately(tmp_path):
+    young, old = "a" * 64, "b" * 64
+    cache = EmbeddingCache(tmp_path, KEY)
+    cache.add([record(young), record(old)])
+    age_everything(tmp_path / KEY, days=40)
+    EmbeddingCache(tmp_path, KEY).note_used([young])  # a run found it in the cache today
+    report = EmbeddingCache(tmp_path, KEY).prune(older_than_seconds=30 * 86400)
+    assert (report["removed"], report["kept"]) == (1, 1)
+    assert set(EmbeddingCache(tmp_path, KEY).by_sha) == {young}
+    assert report["freed_bytes"] > 0
+
+
+def test_a_prune_by_size_keeps_the_most_recently_used(tmp_path):
+    import os
+    import time
+
+    shas = [f"{i:064x}" for i in range(20)]
+    cache = EmbeddingCache(tmp_path, KEY)
+    for i, sha in enumerate(shas):  # sha i used i days ago
+        cache.add([record(sha)])
+        chunk = max((tmp_path / KEY).glob("*.npz"), key=os.path.getctime)
+        os.utime(chunk, (time.time() - i * 86400,) * 2)
+    everything = EmbeddingCache(tmp_path, KEY).disk_bytes()
+    EmbeddingCache(tmp_path, KEY).prune(max_bytes=everything // 4)
+    kept = set(EmbeddingCache(tmp_path, KEY).by_sha)
+    assert 0 < len(kept) < 10
+    assert kept == set(shas[: len(kept)])  # the newest ones
+    assert EmbeddingCache(tmp_path, KEY).disk_bytes() <= everything // 4 * 1.5
+    EmbeddingCache(tmp_path, KEY).prune(max_bytes=0)
+    assert len(EmbeddingCache(tmp_path, KEY)) == 0
+
+
+def test_a_prune_keeps_the_chunks_another_process_wrote_after_it_looked(tmp_path, monkeypatch):
+    pruning = EmbeddingCache(tmp_path, KEY)
+    pruning.add([record("a" * 64)])
+    age_everything(tmp_path / KEY, days=40)
+    other = EmbeddingCache(tmp_path, KEY)
+    read_all = EmbeddingCache._read_all
+
+    def read_then_another_writes(self):
+        read_all(self)
+        if self is pruning:
+            other.add([record("c" * 64)])  # lands after the prune listed the folder
+
+    monkeypatch.setattr(EmbeddingCache, "_read_all", read_then_another_writes)
+    pruning.prune(max_bytes=0)
+    monkeypatch.undo()
+    assert set(EmbeddingCache(tmp_path, KEY).by_sha) == {"c" * 64}
+
+
+PRUNER = """
+import sys, time
+from gridtsne.cache import prune
+root, ready, stop = sys.argv[1:]
+import pathlib
+rounds = 0
+while not pathlib.Path(stop).exists():
+    prune(root, older_than_seconds=3600)
+    rounds += 1
+    pathlib.Path(ready).touch()
+print(rounds)
+"""
+
+
+def test_pruning_over_and_over_during_an_embed_loses_no_vector(tmp_path, colour_photos):
+    """A prune by age running again and again beside an embed into the same cache: the embed
+    finishes whole and afterwards the cache holds every vector it made."""
+    import time
+
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    pruner = subprocess.Popen([sys.executable, "-c", PRUNER, str(tmp_path / "cache"), str(ready), str(stop)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        while not ready.exists() and pruner.poll() is None:
+            time.sleep(0.01)
+        work = Workdir(tmp_path / "work")
+        first = embed.run(work, EmbedOptions(paths=[colour_photos[0].parent], cache=str(tmp_path / "cache"),
+                                             batch_size=1))  # fmt: skip
+    finally:
+        stop.touch()
+        rounds, errors = pruner.communicate(timeout=60)
+    assert pruner.returncode == 0, errors.decode()
+    assert int(rounds) > 1
+    options = EmbedOptions(paths=[colour_photos[0].parent], cache=str(tmp_path / "cache"))
+    again = embed.run(Workdir(tmp_path / "again"), options)
+    assert first["embedded"] == len(colour_photos)
+    assert (again["embedded"], again["computed"]) == (len(colour_photos), 0)
+    assert np.array_equal(work.load_embeddings(), Workdir(tmp_path / "again").load_embeddings())
+
+
+def test_cache_status_and_prune_report_what_they_hold_and_free(cli, tmp_path, colour_photos):
+    work = tmp_path / "work"
+    assert cli("all", colour_photos[0].parent, tmp_path / "out.jpg", "-w", work, "--tile", 16).exit_code == 0
+    status = cli("cache", "status", "-w", work)
+    assert f"{len(colour_photos)} vectors" in status.output and f"{len(colour_photos)} tiles" in status.output
+    age_everything(work / "cache", days=40)
+    age_everything(work / "thumbs", days=40)
+    pruned = json.loads(cli("cache", "prune", "-w", work, "--older-than", "30d", "--json").output)
+    assert pruned["embeddings"][0]["removed"] == len(colour_photos)
+    assert pruned["tiles"]["removed"] == len(colour_photos) and pruned["tiles"]["freed_bytes"] > 0
+    assert not list((work / "thumbs").rglob("*.tile"))
+    bad = cli("cache", "prune", "-w", work, "--max-size", "five gigs")
+    assert bad.exit_code == 2 and "'five gigs' is not a size" in bad.output

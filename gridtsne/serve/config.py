@@ -13,6 +13,10 @@ DEFAULT_MAX_UPLOAD_MB = 32
 DEFAULT_MAX_FILES = 100
 #: Jobs that may wait in the queue before a submit is answered 429 (``--queue-limit``).
 DEFAULT_QUEUE_LIMIT = 100
+#: Days a finished job's files and an unused upload are kept (``--keep-days``).
+DEFAULT_KEEP_DAYS = 7.0
+#: Most GB (10^9 bytes) that --data may hold before the oldest finished jobs go (``--max-data-gb``).
+DEFAULT_MAX_DATA_GB = 10.0
 
 
 def default_workers() -> int:
@@ -40,6 +44,8 @@ class ServeConfig:
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
     max_files: int = DEFAULT_MAX_FILES
+    keep_days: float = DEFAULT_KEEP_DAYS
+    max_data_bytes: int = int(DEFAULT_MAX_DATA_GB * 1e9)
 
     @property
     def database(self) -> Path:

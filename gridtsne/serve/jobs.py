@@ -22,6 +22,7 @@ from typing import Any, Protocol
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 UNFINISHED = (QUEUED, RUNNING)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
 
 class QueueFull(Exception):
@@ -78,6 +79,18 @@ class Queue(Protocol):
     def requeue_unfinished(self) -> int:
         """After a restart: running jobs go back to the queue; how many."""
 
+    def unfinished(self) -> list[Job]:
+        """The queued and running jobs: what retention must never touch."""
+
+    def finished(self) -> list[Job]:
+        """The finished jobs, the least recently finished first."""
+
+    def expire(self, job_id: str, why: str) -> bool:
+        """Forget a finished job, leaving a note of when and why; False when it is not finished."""
+
+    def expired(self, job_id: str) -> dict | None:
+        """The note an expired job left: its last state, when it expired and why."""
+
 
 def request_digest(request: dict) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
@@ -107,6 +120,13 @@ class SqliteQueue:
                 attempts INTEGER NOT NULL DEFAULT 0
             );
             CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+            CREATE TABLE IF NOT EXISTS expired (
+                id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                finished_at REAL NOT NULL,
+                expired_at REAL NOT NULL,
+                why TEXT NOT NULL
+            );
             """
         )
 
@@ -217,6 +237,38 @@ class SqliteQueue:
             return db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", (QUEUED, time.time(), RUNNING)
             ).rowcount
+
+    def unfinished(self) -> list[Job]:
+        with self._connection(write=False) as db:
+            rows = db.execute("SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY seq", UNFINISHED).fetchall()
+        return [self._job(row) for row in rows]
+
+    def finished(self) -> list[Job]:
+        with self._connection(write=False) as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state IN (?, ?, ?) ORDER BY updated_at, seq", FINISHED
+            ).fetchall()
+        return [self._job(row) for row in rows]
+
+    def expire(self, job_id: str, why: str) -> bool:
+        with self._connection() as db:
+            row = db.execute(
+                "DELETE FROM jobs WHERE id = ? AND state IN (?, ?, ?) RETURNING state, updated_at",
+                (job_id, *FINISHED),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO expired (id, state, finished_at, expired_at, why) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (job_id, row["state"], row["updated_at"], time.time(), why),
+            )
+            return True
+
+    def expired(self, job_id: str) -> dict | None:
+        with self._connection(write=False) as db:
+            row = db.execute("SELECT * FROM expired WHERE id = ?", (job_id,)).fetchone()
+        return dict(row) if row is not None else None
 
     def waiting(self) -> int:
         with self._connection(write=False) as db:
