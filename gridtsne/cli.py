@@ -716,8 +716,25 @@ def cache_prune_command(workdir, cache_dir, as_json, older_than, max_size):
     show_default=True,
     help="Most files in one upload request (413 beyond).",
 )
+@click.option(
+    "--keep-days",
+    type=click.FloatRange(0, min_open=True),
+    default=serve_defaults.DEFAULT_KEEP_DAYS,
+    show_default=True,
+    help="Days a finished job's files, and an upload no job waits for, are kept.",
+)
+@click.option(
+    "--max-data-gb",
+    type=click.FloatRange(0, min_open=True),
+    default=serve_defaults.DEFAULT_MAX_DATA_GB,
+    show_default=True,
+    help="Most GB that --data may hold: beyond, the oldest finished jobs and unused uploads go first, "
+    "then the least recently used cached embeddings. Never a queued or running job's files.",
+)
 @reports_errors
-def serve_command(root, data, host, port, workers, token_file, queue_limit, max_upload_mb, max_files):
+def serve_command(
+    root, data, host, port, workers, token_file, queue_limit, max_upload_mb, max_files, keep_days, max_data_gb
+):
     """Serve the asynchronous visualization API over HTTP (docs/serve.md).
 
     POST /v2/visualizations schedules a mosaic of photos under --root (or of
@@ -753,6 +770,6 @@ def serve_command(root, data, host, port, workers, token_file, queue_limit, max_
     config = ServeConfig(
         root=Path(root).resolve(), data=Path(data).resolve(), workers=workers or default_workers(),
         token=token, queue_limit=queue_limit, max_upload_bytes=max_upload_mb * 1024 * 1024,
-        max_files=max_files,
+        max_files=max_files, keep_days=keep_days, max_data_bytes=int(max_data_gb * 1e9),
     )  # fmt: skip
     serve_app.serve(config, host, port)

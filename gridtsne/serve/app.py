@@ -12,7 +12,7 @@ import hmac
 import os
 import re
 import tempfile
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from gridtsne.serve.config import ServeConfig
 from gridtsne.serve.jobs import (
     CANCELLED,
     FAILED,
+    FINISHED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -41,7 +42,8 @@ from gridtsne.serve.jobs import (
     SqliteQueue,
 )
 from gridtsne.serve.paths import INPUT_ID, JOB_ID, PathRefused, check_words, resolve_under
-from gridtsne.serve.worker import PAGE_NAME, PICTURE_NAMES, Dispatcher, stop_leftover_workers
+from gridtsne.serve.retention import Retention
+from gridtsne.serve.worker import PAGE_NAME, PICTURE_NAMES, Dispatcher, disk_full, stop_leftover_workers
 
 #: Options the server decides: where photos, outputs and the cache are, and which model runs.
 SERVER_DECIDES = ("paths", "output", "exclude", "cache", "model", "preprocess", "overwrite", "shard")
@@ -61,9 +63,11 @@ ERROR_STATUS = {
     404: (11002, "Not found"),
     405: (11006, "Method not allowed"),
     409: (11005, "Conflict"),
+    410: (11007, "Expired"),
     413: (11003, "Too large"),
     429: (11004, "Too many jobs waiting"),
     500: (11000, "Internal error"),
+    507: (11008, "Disk full"),
 }
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 #: Paths served without a token: the OpenAPI page and its schema say nothing secret.
@@ -110,7 +114,8 @@ def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def job_output(job: Job, base: str) -> dict:
+def job_output(job: Job, base: str, expires_at: float | None = None) -> dict:
+    """The JSON of one job; ``expires_at``: when a finished job's files go (by age)."""
     code, description = JOB_STATUS[job.state]
     output: dict[str, Any] = {
         "id": job.id,
@@ -119,6 +124,8 @@ def job_output(job: Job, base: str) -> dict:
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
     }
+    if expires_at is not None and job.state in FINISHED:
+        output["expires_at"] = iso(expires_at)
     if job.state == RUNNING:
         output["percent_completed"] = round(job.percent)
         output["stage"] = job.stage
@@ -156,9 +163,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         requeued = state["queue"].requeue_unfinished()
         if requeued:
             print(f"gridtsne serve: re-queued {requeued} unfinished job(s)", flush=True)
-        state["dispatcher"] = Dispatcher(config, state["queue"])
+        state["retention"] = Retention(config, state["queue"])
+        state["dispatcher"] = Dispatcher(config, state["queue"], on_finished=state["retention"].wake)
         state["dispatcher"].start()
+        state["retention"].start()
         yield
+        state["retention"].stop()
         state["dispatcher"].stop()
         state["queue"].requeue_unfinished()
 
@@ -220,11 +230,30 @@ def create_app(config: ServeConfig) -> FastAPI:
             )  # fmt: skip
         return await call_next(request)
 
+    @contextmanager
+    def disk_room():
+        """A full --data disk is the client's 507, not a 500: nothing was stored, retry later."""
+        try:
+            yield
+        except Exception as error:
+            if not disk_full(error):
+                raise
+            state["retention"].wake()
+            raise Refused(507, "the server's disk is full: nothing was stored; retry later, when its "
+                          "retention has made room", headers={"Retry-After": "60"}) from None  # fmt: skip
+
     def find_job(job_id: str) -> Job:
         job = jobs().get(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
+            expired = jobs().expired(job_id) if JOB_ID.fullmatch(job_id) else None
+            if expired is not None:
+                raise Refused(410, f"visualization {job_id} was {expired['state']}; its files were removed "
+                              f"on {iso(expired['expired_at'])}: {expired['why']}", "id")  # fmt: skip
             raise Refused(404, f"no visualization with id {job_id!r}", "id")
         return job
+
+    def output_of(job: Job, request: Request) -> dict:
+        return job_output(job, str(request.base_url), state["retention"].expires_at(job.updated_at))
 
     def resolve_request(body: VisualizationRequest) -> dict:
         options = dict(body.options)
@@ -289,10 +318,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise Refused(
                 400, "Idempotency-Key must be 1 to 200 printable ASCII characters", "Idempotency-Key"
             )
-        resolved = resolve_request(body)
-        record = {**body.model_dump(), **resolved}
         try:
-            job, created = jobs().submit(record, idempotency_key, config.queue_limit)
+            with disk_room(), state["retention"].lock:  # what it names is not pruned before its job is queued
+                resolved = resolve_request(body)
+                record = {**body.model_dump(), **resolved}
+                job, created = jobs().submit(record, idempotency_key, config.queue_limit)
         except QueueFull as error:
             raise Refused(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
         except KeyReused:
@@ -305,7 +335,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if not created:
             headers["Idempotent-Replayed"] = "true"
         return JSONResponse(
-            {"status": OK, "output": job_output(job, str(request.base_url))}, status_code=202, headers=headers
+            {"status": OK, "output": output_of(job, request)}, status_code=202, headers=headers
         )
 
     @app.get("/v2/visualizations", summary="List visualizations, newest first")
@@ -314,25 +344,25 @@ def create_app(config: ServeConfig) -> FastAPI:
         request: Request, page: int = Query(1, ge=1, le=1_000_000), per_page: int = Query(20, ge=1, le=1000)
     ):
         found, total = jobs().page(page, per_page)
-        base = str(request.base_url)
-        return {"status": OK, "outputs": [job_output(job, base) for job in found],
+        return {"status": OK, "outputs": [output_of(job, request) for job in found],
                 "page": page, "per_page": per_page, "total": total}  # fmt: skip
 
     @app.get("/v2/visualizations/{job_id}", summary="Poll a visualization")
     def poll(job_id: str, request: Request):
-        return {"status": OK, "output": job_output(find_job(job_id), str(request.base_url))}
+        return {"status": OK, "output": output_of(find_job(job_id), request)}
 
     @app.delete("/v2/visualizations/{job_id}", summary="Cancel a visualization, or delete a finished one")
     def delete(job_id: str, request: Request):
+        """A queued or running job is cancelled and its files removed; a finished one is forgotten too."""
+        import shutil
+
         job = find_job(job_id)
         if job.state in UNFINISHED:
             jobs().cancel(job_id)
             state["dispatcher"].stop_job(job_id)
-            job = jobs().get(job_id)
-            return {"status": OK, "output": job_output(job, str(request.base_url))}
+            shutil.rmtree(config.job_folder(job_id), ignore_errors=True)
+            return {"status": OK, "output": output_of(jobs().get(job_id), request)}
         jobs().delete(job_id)
-        import shutil
-
         shutil.rmtree(config.job_folder(job_id), ignore_errors=True)
         return {"status": OK, "output": {"id": job_id, "state": "deleted"}}
 
@@ -406,24 +436,31 @@ def create_app(config: ServeConfig) -> FastAPI:
         staging.mkdir(parents=True, exist_ok=True)
         kept: list[tuple[str, Path, str, int]] = []
         try:
-            for name, upload in uploads:
-                handle = tempfile.NamedTemporaryFile(dir=staging, delete=False)
-                digest, size = hashlib.sha256(), 0
-                with handle:
-                    while chunk := await upload.read(1024 * 1024):
-                        size += len(chunk)
-                        if size > limit:
-                            kept.append((upload.filename or name, Path(handle.name), "", size))
-                            raise Refused(413, f"{upload.filename or name!r} is larger than {limit} bytes")
-                        digest.update(chunk)
-                        handle.write(chunk)
-                kept.append((upload.filename or name, Path(handle.name), digest.hexdigest(), size))
-            answers = await run_in_threadpool(_check_and_store, config, kept)
+            with disk_room():
+                answers = await _receive(uploads, staging, limit, kept)
         finally:
             for _, temporary, _, _ in kept:
                 temporary.unlink(missing_ok=True)
             await form.close()
         return JSONResponse({"status": OK, "inputs": answers}, status_code=201)
+
+    async def _receive(uploads, staging: Path, limit: int, kept: list) -> list[dict]:
+        """Write each upload to a temporary file (each listed in ``kept`` at once, so that it is
+        removed whatever happens), then check and store them."""
+        for name, upload in uploads:
+            shown = upload.filename or name
+            handle = tempfile.NamedTemporaryFile(dir=staging, delete=False)
+            kept.append((shown, Path(handle.name), "", 0))
+            digest, size = hashlib.sha256(), 0
+            with handle:
+                while chunk := await upload.read(1024 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise Refused(413, f"{shown!r} is larger than {limit} bytes")
+                    digest.update(chunk)
+                    handle.write(chunk)
+            kept[-1] = (shown, Path(handle.name), digest.hexdigest(), size)
+        return await run_in_threadpool(_check_and_store, config, kept)
 
     app.state.config = config
     app.state.jobs = state
@@ -446,7 +483,9 @@ def _check_and_store(config: ServeConfig, kept: list[tuple[str, Path, str, int]]
         raise Refused(400, "not images, nothing stored: " + "; ".join(refused), "files")
     for _, temporary, digest, _ in kept:
         target = config.inputs / digest
-        if not target.exists():
+        if target.exists():
+            os.utime(target)  # uploaded again: its age for retention starts anew
+        else:
             os.replace(temporary, target)
     return answers
 

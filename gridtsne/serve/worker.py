@@ -33,6 +33,13 @@ PAGE_NAME = "page.html"
 LOCK_WAIT_SECONDS = 20
 #: The file in a job's folder with the pid of its worker process while it runs.
 WORKER_PID = "worker.pid"
+#: A worker that could not record its job's end exits with this code.
+NOT_RECORDED = 75
+#: What the dispatcher records for a worker that exited with these codes.
+EXIT_REASONS = {
+    NOT_RECORDED: "the disk of the server's --data is full: the job's result could not be recorded",
+    -signal.SIGKILL: "the worker process was killed (SIGKILL: out of memory, or stopped from outside)",
+}
 #: The environment variable that tells a worker its server's pid.
 SERVER_PID_VARIABLE = "GRIDTSNE_SERVER_PID"
 
@@ -40,8 +47,9 @@ SERVER_PID_VARIABLE = "GRIDTSNE_SERVER_PID"
 class Dispatcher:
     """Starts a worker process for each queued job, up to ``config.workers`` at once."""
 
-    def __init__(self, config: ServeConfig, queue: Queue, poll_seconds: float = 0.2):
+    def __init__(self, config: ServeConfig, queue: Queue, poll_seconds: float = 0.2, on_finished=None):
         self.config, self.queue, self.poll_seconds = config, queue, poll_seconds
+        self.on_finished = on_finished or (lambda: None)
         self.running: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -69,10 +77,12 @@ class Dispatcher:
                 code = process.poll()
                 if code is None:
                     continue
+                if code != 0:  # a crash, or killed from outside: its job must not stay "running"
+                    why = EXIT_REASONS.get(code, f"the worker process stopped (exit code {code})")
+                    self.queue.finish(job_id, FAILED, why)  # raises on a full disk: tried again next tick
                 del self.running[job_id]
                 (self.config.job_folder(job_id) / WORKER_PID).unlink(missing_ok=True)
-                if code != 0:  # a crash, or killed from outside: its job must not stay "running"
-                    self.queue.finish(job_id, FAILED, f"the worker process stopped (exit code {code})")
+                self.on_finished()
             while not self._stopping and len(self.running) < self.config.workers:
                 job = self.queue.claim()
                 if job is None:
@@ -318,17 +328,37 @@ def main(argv: list[str]) -> int:
     try:
         results = run_job(config, queue, job)
     except OptionError as error:  # a grid too small for the photos found, ...
-        queue.finish(job_id, FAILED, f"{error.option}: {error.worded(lambda name: repr(name))}")
+        outcome = (FAILED, f"{error.option}: {error.worded(lambda name: repr(name))}", None)
     except GridtsneError as error:
-        queue.finish(job_id, FAILED, str(error))
+        outcome = (FAILED, str(error), None)
     except MemoryError:
-        queue.finish(job_id, FAILED, "out of memory: try a smaller tile or fewer photos")
+        outcome = (FAILED, "out of memory: try a smaller tile or fewer photos", None)
     except Exception as error:
-        traceback.print_exc()  # into the job's worker.log
-        queue.finish(job_id, FAILED, f"unexpected {type(error).__name__}: {error} (a bug in gridtsne)")
+        if disk_full(error):
+            outcome = (FAILED, f"the disk of the server's --data is full ({error}): the job stopped; "
+                       "retry it later, when the server's retention has made room", None)  # fmt: skip
+        else:
+            traceback.print_exc()  # into the job's worker.log
+            outcome = (FAILED, f"unexpected {type(error).__name__}: {error} (a bug in gridtsne)", None)
     else:
-        queue.finish(job_id, SUCCEEDED, results=results)
+        outcome = (SUCCEEDED, None, results)
+    try:
+        queue.finish(job_id, outcome[0], outcome[1], results=outcome[2])
+    except Exception as error:  # the database cannot be written: the dispatcher says why
+        if not disk_full(error):
+            raise
+        return NOT_RECORDED
     return 0
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether an error is a full disk or quota, as the OS or SQLite reports it."""
+    import errno
+    import sqlite3
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
 
 
 if __name__ == "__main__":
