@@ -283,15 +283,20 @@ def layout(
     solver: str = "auto",
     subset: bool = False,
     refine_grid: bool = True,
+    on_progress=lambda fraction: None,
 ) -> tuple[np.ndarray, dict]:
-    """The whole stage on arrays: cell of each image (-1: left out) and the results to record."""
+    """The whole stage on arrays: cell of each image (-1: left out) and the results to record.
+
+    ``on_progress(fraction)`` is told as each step ends (assignment, refinement)."""
     if len(coords) != len(embeddings):
         raise ValueError(f"coords has {len(coords)} points for {len(embeddings)} embeddings")
     cell_of_image, total_cost, solver_used = assign_to_grid(coords, rows, cols, solver=solver, subset=subset)
+    on_progress(0.3)
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
     if refine_grid:
         cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols)
+    on_progress(0.9)
     everyone = len(placed) == len(vectors)  # then no copy of N x D to measure them
     after = quality.layout_quality(vectors if everyone else vectors[placed], cell_of_image[placed], cols)
     results = {
@@ -577,7 +582,7 @@ class AssignStage(Stage):
             )
         cell_of_image, results = layout(
             coords, embeddings, rows, cols, solver=options.solver, subset=options.subset,
-            refine_grid=options.refine,
+            refine_grid=options.refine, on_progress=lambda done: context.on_progress("assign", done),
         )  # fmt: skip
         if results["left_out"] and workdir.file(IMAGES).is_file():
             listing = workdir.load_images()["images"]

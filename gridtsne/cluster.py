@@ -258,6 +258,7 @@ def embed_files(files: list[Path], cache: EmbeddingCache, options: EmbedOptions,
         for chunk, returned in results:
             computed += _take(chunk[3], returned, files, cache, outcome)
             bar.update(len(chunk[3]))
+            context.on_progress("embed", bar.n / max(1, len(files)))
     except KeyboardInterrupt:
         raise Interrupted(
             f"embed interrupted; the {computed} embeddings made so far are saved in the cache: "

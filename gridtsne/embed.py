@@ -423,7 +423,7 @@ def _embed_found(workdir: Workdir, options: EmbedOptions, context: Context, mode
         outcome = cluster.embed_files(files, cache, options, context)
     else:
         outcome = _embed_files(files, cache, model, options.batch_size, context.jobs, options.max_pixels,
-                               context.progress)  # fmt: skip
+                               context.progress, lambda done: context.on_progress("embed", done))  # fmt: skip
     embedded, vectors = [], []
     skipped = [{"path": str(path), "reason": reason} for path, reason in found.skipped]
     for item in outcome:
@@ -456,6 +456,7 @@ def _embed_files(
     jobs: int,
     max_pixels: int,
     progress: bool,
+    on_progress=lambda fraction: None,
 ) -> list[_Item]:
     """Run the model over every file not yet cached, saving each batch as it completes."""
     outcome: list[_Item] = []
@@ -486,6 +487,7 @@ def _embed_files(
                 computed += len(fresh)
                 outcome.extend(batch)
                 bar.update(len(batch))
+                on_progress(len(outcome) / len(files))
     except KeyboardInterrupt:
         raise Interrupted(
             f"embed interrupted after {len(outcome)} of {len(files)} files; the {computed} embeddings "

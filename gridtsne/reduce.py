@@ -125,8 +125,11 @@ def tsne_map(
     perplexity: float | None = None,
     seed: int = 0,
     pca_dims: int = PCA_DIMS,
+    on_progress=None,
 ) -> tuple[np.ndarray, float | None]:
-    """The t-SNE map in t-SNE's own units (N x 2 float64) and its KL divergence (None: PCA)."""
+    """The t-SNE map in t-SNE's own units (N x 2 float64) and its KL divergence (None: PCA).
+
+    ``on_progress(fraction)`` is told every ``PROGRESS_EVERY`` iterations how far the optimisation is."""
     n_points = len(embeddings)
     if n_points < MIN_TSNE_POINTS:
         return pca(normalise(np.array(embeddings, dtype=np.float64)), 2), None
@@ -136,10 +139,31 @@ def tsne_map(
     perplexity = _checked_perplexity(settings, n_points)
     del settings["pca_dims"]
     x = _prepared(embeddings, pca_dims)
+    if on_progress is not None:
+        settings.update(
+            _progress_callbacks(on_progress, settings["early_exaggeration_iter"] + settings["n_iter"])
+        )
     embedding = TSNE(n_components=2, perplexity=perplexity, random_state=seed, verbose=False, **settings).fit(
         x
     )
     return np.asarray(embedding, dtype=np.float64), float(embedding.kl_divergence)
+
+
+#: Iterations between two progress reports of t-SNE (each also computes the KL divergence).
+PROGRESS_EVERY = 50
+
+
+def _progress_callbacks(on_progress, iterations: int) -> dict:
+    """openTSNE's callback settings that tell ``on_progress`` the share of ``iterations`` done
+    (openTSNE counts each phase from zero, so the calls are counted here)."""
+    calls = [0]
+
+    def callback(iteration, error, embedding) -> bool:
+        calls[0] += 1
+        on_progress(min(1.0, calls[0] * PROGRESS_EVERY / iterations))
+        return False  # True would stop the optimisation
+
+    return {"callbacks": [callback], "callbacks_every_iters": PROGRESS_EVERY}
 
 
 def place_new_points(
@@ -304,7 +328,9 @@ class ReduceStage(Stage):
         update, why_fresh = self.plan_update(workdir, options, keys, context)
         tsne_options = {"perplexity": options.perplexity, "seed": options.seed, "pca_dims": options.pca_dims}
         if update is None:
-            points, kl_divergence = tsne_map(embeddings, **tsne_options)
+            points, kl_divergence = tsne_map(
+                embeddings, **tsne_options, on_progress=lambda done: context.on_progress("reduce", done)
+            )
             meta = {**tsne_options, "layout": layout_id(points), "updates": 0}
             change = {"mode": "fresh", "why": why_fresh}
         else:

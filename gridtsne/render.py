@@ -61,6 +61,7 @@ class Mosaic:
         jobs: int = 1,
         progress: bool = False,
         cluster: str | None = None,
+        on_progress=lambda fraction: None,
     ):
         self.entries = entries
         self.cell_of_image = np.asarray(cell_of_image)
@@ -73,6 +74,7 @@ class Mosaic:
         self.jobs = jobs
         self.progress = progress
         self.cluster = cluster
+        self.on_progress = on_progress
         self.width, self.height = grid_size_px(rows, cols, self.tile_px, gap_px)
         self.unreadable: list[dict] = []
 
@@ -113,7 +115,9 @@ class Mosaic:
             return Image.new("RGB", (self.width, self.tile_px), self.background)
 
         row_image, row_now = blank_row(), 0
-        for index, tile, reason in bar:
+        for done, (index, tile, reason) in enumerate(bar, start=1):
+            if done % 64 == 0:
+                self.on_progress(done / len(order))
             row, col = divmod(int(self.cell_of_image[index]), self.cols)
             while row_now < row:
                 yield row_image
@@ -439,7 +443,8 @@ class RenderStage(Stage):
         tile_maker = tiles.Tiles(workdir.path, options.tile, options.fit)
         mosaic = Mosaic(listing, cell_of_image, rows, cols, tile_maker=tile_maker, gap_px=options.gap,
                         background=parse_colour(options.background), jobs=context.jobs,
-                        progress=context.progress, cluster=context.cluster)  # fmt: skip
+                        progress=context.progress, cluster=context.cluster,
+                        on_progress=lambda done: context.on_progress("render", done))  # fmt: skip
         writer.check(mosaic.width, mosaic.height)
         check_strip_memory(mosaic)
         written = writer.save(mosaic, context.stdout if to_stdout else output)

@@ -32,6 +32,8 @@ class Context:
     """How a run is carried out, as opposed to what it makes (that is the options).
 
     ``progress``: progress bars on stderr; ``jobs``: threads decoding photos;
+    ``on_progress(stage, fraction)``: how far a stage's work has got, from 0 to 1,
+    called every few seconds at most (the service's ``percent_completed``);
     ``on_message``: where a stage's remarks go; ``stdout``: where a render to
     "-" writes; ``cluster``: a Dask scheduler's address, or ``local[:N]``, to run
     the per-photo work of embed and render on (``cluster.py``), None for here.
@@ -40,6 +42,7 @@ class Context:
     progress: bool = False
     jobs: int = field(default_factory=default_jobs)
     on_message: Callable[[str], None] = lambda text: None
+    on_progress: Callable[[str, float], None] = lambda stage, fraction: None
     stdout: BinaryIO | None = None
     cluster: str | None = None
 

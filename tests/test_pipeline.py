@@ -99,3 +99,45 @@ def test_status_reads_every_stage_from_the_one_list_of_stages(cli, fake_model, p
     report = pipeline.stage_status(Workdir(tmp_path / "work"))
     assert [entry["stage"] for entry in report] == [stage.name for stage in pipeline.STAGES]
     assert all(entry["fresh"] for entry in report)
+
+
+def test_each_stage_reports_how_far_its_own_work_has_got(fake_model, tmp_path):
+    """Progress follows the work inside a stage (photos embedded, t-SNE iterations, tiles made),
+    not only the stages' ends: what the service's percent_completed is made of."""
+    from gridtsne.options import PipelineOptions
+    from gridtsne.stage import Context
+    from tests.conftest import sample_photos
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in sample_photos(130):
+        shutil.copy(photo, folder / photo.name)
+    seen: dict[str, list[float]] = {}
+    context = Context(on_progress=lambda stage, done: seen.setdefault(stage, []).append(done))
+    options = PipelineOptions.from_flat(
+        {"paths": [str(folder)], "output": str(tmp_path / "out.jpg"), "tile": 16, "batch_size": 16}
+    )
+    pipeline.run_all(Workdir(tmp_path / "work"), options, context)
+    assert set(seen) == {"embed", "reduce", "assign", "render"}
+    for stage, fractions in seen.items():
+        assert fractions == sorted(fractions) and all(0 < f <= 1 for f in fractions), stage
+    assert len(seen["embed"]) >= 8 and seen["embed"][-1] == 1.0  # one report per batch of 16
+    assert len(seen["reduce"]) >= 10 and seen["reduce"][-1] == 1.0  # every 50 of t-SNE's 750 iterations
+    assert len(seen["render"]) >= 2 and seen["render"][0] < 1  # every 64 tiles
+
+
+def test_the_services_progress_weights_a_stages_own_progress_and_never_goes_back(tmp_path):
+    from gridtsne.serve.jobs import SqliteQueue
+    from gridtsne.serve.worker import Progress
+
+    queue = SqliteQueue(tmp_path / "jobs.sqlite")
+    job, _ = queue.submit({"paths": []}, None, limit=10)
+    queue.claim()
+    progress = Progress(queue, job.id)
+    progress.within("embed", 0.5, force=True)
+    assert (queue.get(job.id).stage, queue.get(job.id).percent) == ("embed", 25.0)
+    progress.within("reduce", 0.5, force=True)
+    assert (queue.get(job.id).stage, queue.get(job.id).percent) == ("reduce", 62.5)
+    progress.within("embed", 1.0, force=True)  # late, out of order: ignored
+    progress.within("reduce", 0.9)  # within a second of the last write: not written yet
+    assert queue.get(job.id).percent == 62.5

@@ -23,8 +23,11 @@ from pathlib import Path
 from gridtsne.serve.config import ServeConfig
 from gridtsne.serve.jobs import FAILED, SUCCEEDED, Job, Queue, SqliteQueue
 
-#: Rough share of a job's time per stage, for ``percent_completed``.
+#: Rough share of a job's time per stage, for ``percent_completed``; within a stage it follows the
+#: stage's own progress (photos embedded, t-SNE iterations, tiles made).
 STAGE_WEIGHTS = {"embed": 50, "reduce": 25, "assign": 10, "render": 15}
+#: Least seconds between two progress writes to the job database.
+PROGRESS_SECONDS = 1.0
 #: The picture's file name per format (the request's ``format``; auto is JPEG).
 PICTURE_NAMES = {"auto": "mosaic.jpg", "jpeg": "mosaic.jpg", "png": "mosaic.png",
                  "webp": "mosaic.webp", "tiff": "mosaic.tiff"}  # fmt: skip
@@ -222,17 +225,15 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
     )  # fmt: skip
     work = Workdir(folder / "work")
     continued = _continue_from(config, request.get("continue_from"), work)
-    context = Context(progress=False, jobs=2)
-    done = 0
+    progress = Progress(queue, job.id)
+    context = Context(progress=False, jobs=2, on_progress=progress.within)
 
     def stage_done(summary: dict) -> None:
-        nonlocal done
-        done += STAGE_WEIGHTS[summary["stage"]]
         names = list(STAGE_WEIGHTS)
         following = names.index(summary["stage"]) + 1
-        queue.progress(job.id, names[following] if following < len(names) else "render", min(done, 99))
+        progress.within(names[following] if following < len(names) else "render", 0.0, force=True)
 
-    queue.progress(job.id, "embed", 0)
+    progress.within("embed", 0.0, force=True)
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
@@ -296,6 +297,25 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
         "web_page": bool(request.get("web_page")),
         "layout": layout,
     }
+
+
+class Progress:
+    """Turns a stage's own progress into the job's ``stage`` and ``percent_completed``, written
+    to the database at most every ``PROGRESS_SECONDS`` (and never backwards)."""
+
+    def __init__(self, queue: Queue, job_id: str):
+        self.queue, self.job_id = queue, job_id
+        self.written_at, self.percent = 0.0, -1.0
+
+    def within(self, stage: str, fraction: float, force: bool = False) -> None:
+        names = list(STAGE_WEIGHTS)
+        before = sum(STAGE_WEIGHTS[name] for name in names[: names.index(stage)])
+        percent = min(99.0, before + STAGE_WEIGHTS[stage] * min(1.0, max(0.0, fraction)))
+        now = time.monotonic()
+        if percent < self.percent or (not force and now - self.written_at < PROGRESS_SECONDS):
+            return
+        self.queue.progress(self.job_id, stage, percent)
+        self.written_at, self.percent = now, percent
 
 
 def _continue_from(config: ServeConfig, job_id: str | None, work) -> str | None:
