@@ -693,7 +693,8 @@ def cache_prune_command(workdir, cache_dir, as_json, older_than, max_size):
     "--token-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="File holding the token that clients send as 'Authorization: Bearer TOKEN'.",
+    help="File of the tokens clients send as 'Authorization: Bearer TOKEN', one per line (one per "
+    "client: each token's Idempotency-Keys are its own).",
 )
 @click.option(
     "--queue-limit",
@@ -754,22 +755,22 @@ def serve_command(
 
     try:
         from gridtsne.serve import app as serve_app
-        from gridtsne.serve.config import ServeConfig, default_workers, is_loopback
+        from gridtsne.serve.config import ServeConfig, default_workers, is_loopback, read_tokens
     except ImportError as error:
         raise click.ClickException(
             f"gridtsne serve needs the serve extra ({error.name} is missing): pip install -e '.[serve]'"
         ) from None
-    token = None
+    tokens = ()
     if token_file:
-        with open(token_file, encoding="utf-8") as handle:
-            token = handle.read().strip()
-        if len(token) < 16:
-            raise click.UsageError(f"the token in {token_file} is shorter than 16 characters")
+        try:
+            tokens = read_tokens(token_file)
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
     elif not is_loopback(host):
         raise click.UsageError(f"listening on {host} needs --token-file: only 127.0.0.1 may go without")
     config = ServeConfig(
         root=Path(root).resolve(), data=Path(data).resolve(), workers=workers or default_workers(),
-        token=token, queue_limit=queue_limit, max_upload_bytes=max_upload_mb * 1024 * 1024,
+        tokens=tokens, queue_limit=queue_limit, max_upload_bytes=max_upload_mb * 1024 * 1024,
         max_files=max_files, keep_days=keep_days, max_data_bytes=int(max_data_gb * 1e9),
     )  # fmt: skip
     serve_app.serve(config, host, port)

@@ -252,6 +252,37 @@ def test_a_token_is_required_when_set_and_a_full_queue_answers_429(root, tmp_pat
         server.stop()
 
 
+def test_idempotency_keys_are_each_tokens_own(root, tmp_path):
+    alice, bob = "alice-token-0123456789", "bob-token-0123456789ab"
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# one token per client\n{alice}\n\n{bob}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    server = Server(root, data, "--workers", "1", "--token-file", str(token_file), token=alice).start()
+    as_bob = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {bob}"})
+    try:
+        key = {"Idempotency-Key": "nightly-2026-12-05"}
+        mine = server.submit({"images": ["photos"], "options": OPTIONS}, headers=key)
+        other_body = {"images": ["photos"], "options": {**OPTIONS, "seed": 3}}
+        theirs = as_bob.post("/v2/visualizations", json=other_body, headers=key)
+        assert mine.status_code == theirs.status_code == 202, theirs.text  # not 409: another caller's key
+        assert mine.json()["output"]["id"] != theirs.json()["output"]["id"]
+        again = server.submit({"images": ["photos"], "options": OPTIONS}, headers=key)
+        assert again.json()["output"]["id"] == mine.json()["output"]["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+        assert as_bob.get(f"/v2/visualizations/{mine.json()['output']['id']}").status_code == 200
+    finally:
+        as_bob.close()
+        server.stop()
+    token_file.write_text(f"{alice}\nshort\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "gridtsne", "serve", "--root", str(root), "--data", str(data),
+         "--token-file", str(token_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "line 2" in refused.stderr and "shorter than 16" in refused.stderr
+
+
 def test_a_non_loopback_host_needs_a_token_file(root, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gridtsne", "serve", "--root", str(root), "--data", str(tmp_path),

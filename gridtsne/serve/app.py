@@ -218,16 +218,21 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.middleware("http")
     async def bearer_token(request: Request, call_next):
-        if config.token is None or request.url.path in OPEN_PATHS:
+        """With tokens, each request must carry one; ``request.state.caller`` names whose it is."""
+        request.state.caller = "anyone"
+        if not config.tokens or request.url.path in OPEN_PATHS:
             return await call_next(request)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), config.token.encode()
-        ):
+        sent = given.strip().encode("utf-8", "surrogateescape")
+        # Every token compared, each in constant time: which one matched does not show in the timing.
+        matched = [hmac.compare_digest(sent, token.encode()) for token in config.tokens]
+        if scheme.lower() != "bearer" or not any(matched):
             return error_response(
-                401, "send the server's token as 'Authorization: Bearer TOKEN'",
+                401, "send one of the server's tokens as 'Authorization: Bearer TOKEN'",
                 headers={"WWW-Authenticate": "Bearer"},
             )  # fmt: skip
+        token = config.tokens[matched.index(True)]
+        request.state.caller = hashlib.sha256(token.encode()).hexdigest()[:16]
         return await call_next(request)
 
     @contextmanager
@@ -322,7 +327,9 @@ def create_app(config: ServeConfig) -> FastAPI:
             with disk_room(), state["retention"].lock:  # what it names is not pruned before its job is queued
                 resolved = resolve_request(body)
                 record = {**body.model_dump(), **resolved}
-                job, created = jobs().submit(record, idempotency_key, config.queue_limit)
+                # A key is the caller's own: two clients that pick the same key get two jobs.
+                scoped = f"{request.state.caller}:{idempotency_key}" if idempotency_key is not None else None
+                job, created = jobs().submit(record, scoped, config.queue_limit)
         except QueueFull as error:
             raise Refused(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
         except KeyReused:

@@ -33,6 +33,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: The shortest token accepted.
+MIN_TOKEN_CHARS = 16
+
+
+def read_tokens(path: str) -> tuple[str, ...]:
+    """The tokens of a token file: one per line; blank lines and lines starting with # are skipped.
+
+    Raises ValueError naming the line of a token that is too short."""
+    tokens = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            token = line.strip()
+            if not token or token.startswith("#"):
+                continue
+            if len(token) < MIN_TOKEN_CHARS:
+                raise ValueError(
+                    f"the token on line {number} of {path} is shorter than {MIN_TOKEN_CHARS} characters"
+                )
+            tokens.append(token)
+    if not tokens:
+        raise ValueError(f"{path} holds no token")
+    return tuple(tokens)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """The server's settings; the folders are absolute and resolved."""
@@ -40,7 +64,8 @@ class ServeConfig:
     root: Path
     data: Path
     workers: int = 1
-    token: str | None = None
+    #: The tokens clients may send, one per client or team; empty: no token needed (loopback only).
+    tokens: tuple[str, ...] = ()
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
     max_files: int = DEFAULT_MAX_FILES
