@@ -286,4 +286,12 @@ class _Transaction:
         return self.db
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is not None:
+            self.db.execute("ROLLBACK")
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:  # a full disk: left open, the transaction would hold the lock for good
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise

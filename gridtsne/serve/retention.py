@@ -6,9 +6,10 @@ embedding cache would fill the disk. Every pass, in order:
 1. finished jobs older than ``keep_days`` expire: their folder is removed and
    the job is forgotten, leaving a note so that a poll answers 410 and says why;
 2. uploads older than ``keep_days`` that no queued or running job names go;
-3. while --data holds more than ``max_data_bytes``: the least recently
-   finished job or the oldest unused upload, whichever is older, goes; then
-   the least recently used vectors of the embedding cache.
+3. while --data holds more than ``max_data_bytes`` (or its disk is nearly
+   full): the least recently finished job or the oldest unused upload,
+   whichever is older, goes (none of the last ``GRACE_SECONDS``); then the
+   least recently used vectors of the embedding cache.
 
 Nothing a queued or running job needs is touched: its own folder, the uploads
 it names, the job it continues from. A submit and a pass never interleave
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import traceback
@@ -31,6 +33,9 @@ from gridtsne.serve.jobs import Queue
 
 #: Seconds between two passes while the server runs (also one after each finished job).
 EVERY_SECONDS = 60.0
+#: A job that finished, or an upload made, this recently is not removed for room: its client
+#: has yet to fetch the result, or to name the upload in a job.
+GRACE_SECONDS = 120.0
 #: An upload still being received is left alone this long.
 INCOMING_GRACE_SECONDS = 3600.0
 
@@ -75,8 +80,9 @@ class Retention:
         while not self._stopping:
             try:
                 self.run()
-            except Exception:  # a locked database, a folder removed by hand: try again, never die
-                traceback.print_exc()
+            except Exception as error:  # a locked database, a full disk: try again, never die
+                if not isinstance(error, OSError | sqlite3.Error):
+                    traceback.print_exc()
             self._wake.wait(EVERY_SECONDS)
             self._wake.clear()
 
@@ -113,9 +119,10 @@ class Retention:
         used = disk_bytes(config.data)
         limit = self.limit(used)
         if used > limit:
-            # Oldest first, jobs and uploads together.
-            candidates = sorted([(job.updated_at, "job", job.id) for job in finished]
-                                + [(when, "upload", path) for path, when in uploads])  # fmt: skip
+            # Oldest first, jobs and uploads together; none that a client may be about to fetch or name.
+            grace = now - GRACE_SECONDS
+            old_jobs = [(job.updated_at, "job", job.id) for job in finished if job.updated_at < grace]
+            candidates = sorted(old_jobs + [(when, "upload", path) for path, when in uploads if when < grace])
             for _, kind, what in candidates:
                 if used <= limit:
                     break

@@ -66,11 +66,17 @@ class Dispatcher:
         self._wake.set()
 
     def _loop(self) -> None:
+        full = False
         while not self._stopping:
             try:
                 self.tick()
-            except Exception:  # a full disk, a locked database: try again, never die
-                traceback.print_exc()
+                full = False
+            except Exception as error:  # a full disk, a locked database: try again, never die
+                if not disk_full(error):
+                    traceback.print_exc()
+                elif not full:  # said once, not every tick, until it is over
+                    print("gridtsne serve: the disk of --data is full; waiting for room", flush=True)
+                    full = True
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
 
