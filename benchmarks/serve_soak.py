@@ -322,8 +322,9 @@ def main():
     logs = [base / "server.log", *data.glob("jobs/*/worker.log")]
     tracebacks = sum(path.read_text(errors="replace").count("Traceback") for path in logs)
     if tracebacks:
-        shutil.copy(base / "server.log", REPO / "soak-server.log")
-        print(f"tracebacks: the server's log is kept as {REPO / 'soak-server.log'}")
+        kept = Path(tempfile.gettempdir()) / "gridtsne-soak-server.log"
+        shutil.copy(base / "server.log", kept)
+        print(f"tracebacks: the server's log is kept as {kept}")
     report = {
         "minutes": round((time.monotonic() - started) / 60, 1),
         "clients": args.clients,

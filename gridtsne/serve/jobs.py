@@ -157,7 +157,9 @@ class SqliteQueue:
 
     def submit(self, request: dict, idempotency_key: str | None, limit: int) -> tuple[Job, bool]:
         digest = request_digest(request)
-        with self._connection(write=False) as db:
+        # IMMEDIATE: a read that then writes would fail at once ("database is locked", not after
+        # the busy timeout) whenever another process wrote in between, as WAL mode works.
+        with self._connection() as db:
             if idempotency_key is not None:
                 row = db.execute(
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
