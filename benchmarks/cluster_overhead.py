@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gridtsne import cluster, embed
+from gridtsne import cluster, embed, photo_model
 from gridtsne.cache import EmbeddingCache, Record
 from gridtsne.options import EmbedOptions
 from gridtsne.stage import Context
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
         root = Path(scratch)
         folder = photos(args.images, root / "photos")
         context = Context(jobs=None)
-        embed.model_for(EmbedOptions())  # loaded once here, as any run loads it before its work
+        photo_model.model_for(EmbedOptions())  # loaded once here, as any run loads it before its work
         local = timed_embed(folder, root / "local", args.batch_size, context)
 
         address = f"local:{args.workers}"
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
         start_seconds = time.perf_counter() - started
         cold = timed_embed(folder, root / "cold", args.batch_size, Context(cluster=address))
         warm = timed_embed(folder, root / "warm", args.batch_size, Context(cluster=address))
-        dimension = embed.model_for(EmbedOptions()).session.get_outputs()[0].shape[1] or 1280
+        dimension = photo_model.model_for(EmbedOptions()).session.get_outputs()[0].shape[1] or 1280
         nothing, with_vectors = chunk_overhead(client, args.chunks, args.batch_size, dimension)
         write = driver_write(root / "cache", args.batch_size, dimension)
         cluster.shutdown()

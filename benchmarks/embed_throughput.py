@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from gridtsne import embed, images
+from gridtsne import images, photo_model
 from gridtsne.options import EmbedOptions
 from gridtsne.stage import default_jobs
 
@@ -61,7 +61,7 @@ def make_camera_jpegs(folder: Path, count: int) -> list[Path]:
 
 
 def model_only(count: int, threads: int, batch_size: int) -> float:
-    model = embed.load_model(threads=threads)
+    model = photo_model.load_model(threads=threads)
     batch = np.random.default_rng(1).normal(size=(batch_size, 3, 224, 224)).astype(np.float32)
     model(batch)  # warm-up
     started = time.perf_counter()
@@ -103,7 +103,7 @@ def gridtsne_embed(folder: Path, threads: int, jobs: int, batch_size: int) -> tu
 
 def cpu_per_image(paths: list[Path]) -> dict[str, float]:
     """Milliseconds of CPU per image for each step of gridtsne embed, one thread."""
-    model = embed.load_model(threads=1)
+    model = photo_model.load_model(threads=1)
     costs, decoded = {}, []
     started = time.thread_time()
     for path in paths:
@@ -114,7 +114,7 @@ def cpu_per_image(paths: list[Path]) -> dict[str, float]:
         decoded.append(images.open_image(path, draft_px=model.prep.resize_short_side)[0])
     costs["decode (JPEG draft)"] = time.thread_time() - started
     started = time.thread_time()
-    batch = np.stack([embed.preprocess(image, model.prep) for image in decoded])
+    batch = np.stack([photo_model.preprocess(image, model.prep) for image in decoded])
     costs["resize + crop"] = time.thread_time() - started
     model(batch)
     started = time.process_time()
@@ -124,11 +124,11 @@ def cpu_per_image(paths: list[Path]) -> dict[str, float]:
 
 
 def naive_loop(paths: list[Path], threads: int) -> float:
-    model = embed.load_model(threads=threads)
+    model = photo_model.load_model(threads=threads)
     started = time.perf_counter()
     for path in paths:
         image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-        model(embed.preprocess(image, model.prep)[None])
+        model(photo_model.preprocess(image, model.prep)[None])
     return len(paths) / (time.perf_counter() - started)
 
 

@@ -10,7 +10,7 @@ is harmless, and only the photos (and a ``--model`` file) need to be on a
 filesystem shared with the workers, under the same absolute paths.
 
 A worker runs pure per-chunk functions (``embed_chunk``, ``tile_chunk``) that
-load the model once per process (``embed.model_for`` memoises it). A worker
+load the model once per process (``photo_model.model_for`` memoises it). A worker
 that dies mid-chunk is replaced by the scheduler and the chunk is run again
 elsewhere, up to the scheduler's ``allowed-failures``; the run then fails
 with a message saying what is kept.
@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gridtsne import embed
 from gridtsne import images as imagelib
+from gridtsne import photo_model
 from gridtsne.cache import EmbeddingCache
 from gridtsne.errors import GridtsneError, Interrupted, OptionError, StageError
 from gridtsne.options import DEFAULT_MODEL, EmbedOptions
@@ -203,14 +203,14 @@ def embed_chunk(paths: list[str], options: dict, jobs: int) -> list[tuple]:
     (bytes, mtime_ns, sha256, (width, height), vector or None, skip reason)."""
     try:
         chosen = EmbedOptions.from_dict(options)
-        model = embed.model_for(chosen)
+        model = photo_model.model_for(chosen)
     except GridtsneError as error:  # our error types need not survive pickling: say it in words
         raise StageError(f"on a Dask worker: {error}") from None
-    prepare = lambda path: embed._prepare(path, _NoCache(), model.prep, chosen.max_pixels)  # noqa: E731
+    prepare = lambda path: photo_model.prepare(path, _NoCache(), model.prep, chosen.max_pixels)  # noqa: E731
     results = []
-    for batch in embed._prepared_batches([Path(p) for p in paths], prepare, chosen.batch_size, jobs):
+    for batch in photo_model.prepared_batches([Path(p) for p in paths], prepare, chosen.batch_size, jobs):
         fresh = [item for item in batch if item.array is not None]
-        vectors = iter(embed.embed_arrays(model, [item.array for item in fresh]) if fresh else [])
+        vectors = iter(photo_model.embed_arrays(model, [item.array for item in fresh]) if fresh else [])
         for item in batch:
             vector = next(vectors) if item.array is not None else None
             results.append((item.bytes, item.mtime_ns, item.sha256, item.size, vector, item.reason))
@@ -218,9 +218,10 @@ def embed_chunk(paths: list[str], options: dict, jobs: int) -> list[tuple]:
 
 
 def embed_files(files: list[Path], cache: EmbeddingCache, options: EmbedOptions, context) -> list:
-    """``embed._embed_files`` on the cluster ``context.cluster``: the same items, in the same order.
-    A run that finds everything in the cache does not even connect."""
-    outcome: list[embed._Item | None] = [None] * len(files)
+    """The embed stage's per-photo work on the cluster ``context.cluster``: the same items
+    (``photo_model.Item``), in the same order, as a local run. A run that finds everything in
+    the cache does not even connect."""
+    outcome: list[photo_model.Item | None] = [None] * len(files)
     to_send, visible = [], []
     for index, path in enumerate(files):
         try:
@@ -233,7 +234,7 @@ def embed_files(files: list[Path], cache: EmbeddingCache, options: EmbedOptions,
             to_send.append(index)
             visible.append(index)
         else:
-            outcome[index] = embed._Item(path, stat.st_size, stat.st_mtime_ns, sha)
+            outcome[index] = photo_model.Item(path, stat.st_size, stat.st_mtime_ns, sha)
     shipped = options.to_dict()
     for name in ("model", "preprocess"):
         if shipped[name] not in (None, DEFAULT_MODEL):
@@ -277,16 +278,16 @@ def _take(indices, returned, files, cache: EmbeddingCache, outcome: list) -> int
     """Put one chunk's results into the cache (one atomic chunk) and into ``outcome``."""
     records, computed = [], 0
     for index, (size, mtime_ns, sha, pixels, vector, reason) in zip(indices, returned, strict=True):
-        item = embed._Item(files[index], size, mtime_ns, sha, tuple(pixels), reason=reason)
+        item = photo_model.Item(files[index], size, mtime_ns, sha, tuple(pixels), reason=reason)
         outcome[index] = item
         if reason:
             continue
         known = cache.by_sha.get(sha)
         if known is None:  # new content: keep the vector the worker made
-            records.append(embed._record(item, np.asarray(vector, dtype=np.float32)))
+            records.append(photo_model.cache_record(item, np.asarray(vector, dtype=np.float32)))
             item.computed, computed = True, computed + 1
         elif cache.sha_of_unchanged(str(item.path), size, mtime_ns) is None:
-            records.append(embed._record(item, known.vector, known))  # known content, a new name
+            records.append(photo_model.cache_record(item, known.vector, known))  # known content, a new name
     cache.add(records)
     return computed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gridtsne import assign, embed, reduce, render
+from gridtsne import assign, embed, photo_model, reduce, render
 from gridtsne.errors import GridtsneError, StageError
 from gridtsne.options import PipelineOptions
 from gridtsne.stage import Context, Stage
@@ -86,5 +86,5 @@ def run_all(
         summaries.append(stage.run(workdir, stage_options, context, skip_if_fresh=not force))
         on_stage_done(summaries[-1])
         if stage is embed.STAGE:
-            embed.release_models()  # the later stages need memory more than the model
+            photo_model.release_models()  # the later stages need memory more than the model
     return summaries

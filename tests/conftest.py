@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from gridtsne import embed
+from gridtsne import photo_model
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_images"
@@ -35,7 +35,7 @@ def photos(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def model():
-    return embed.load_model()
+    return photo_model.load_model()
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ class FakeModel:
     path = Path("fake.onnx")
     sha256 = "0" * 64
     cache_key = "fake-0"
-    prep = embed.Preprocessing(resize_short_side=32, crop_size=32)
+    prep = photo_model.Preprocessing(resize_short_side=32, crop_size=32)
 
     def describe(self) -> dict:
         return {"name": self.name}
@@ -124,5 +124,5 @@ class FakeModel:
 def fake_model(monkeypatch) -> FakeModel:
     """Make every embed in this test use ``FakeModel`` instead of the shipped network."""
     model = FakeModel()
-    monkeypatch.setattr(embed, "model_for", lambda options: model)
+    monkeypatch.setattr(photo_model, "model_for", lambda options: model)
     return model

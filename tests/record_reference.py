@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gridtsne import embed
+from gridtsne import photo_model
 from gridtsne.images import open_image
 
 DATA = Path(__file__).parent / "data"
 
 if __name__ == "__main__":
-    model = embed.load_model()
+    model = photo_model.load_model()
     image, _ = open_image(DATA / "chelsea.png")
-    vector = embed.embed_arrays(model, [embed.preprocess(image, model.prep)])[0]
+    vector = photo_model.embed_arrays(model, [photo_model.preprocess(image, model.prep)])[0]
     np.save(DATA / "chelsea_embedding.npy", vector)
     print(f"wrote {DATA / 'chelsea_embedding.npy'}: {vector.shape}, norm {np.linalg.norm(vector):.4f}")

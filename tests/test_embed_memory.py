@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from gridtsne import embed
+from gridtsne import embed, photo_model
 from gridtsne import images as imagelib
 from gridtsne.cache import EmbeddingCache
 from gridtsne.options import EmbedOptions
@@ -21,12 +21,12 @@ MB = 2**20
 DATA = Path(__file__).parent / "data"
 
 
-class FakeModel(embed.Model):
+class FakeModel(photo_model.Model):
     """The shipped model's preprocessing, a trivial network: 48 numbers sampled from the input."""
 
     def __init__(self):
         self.path, self.name, self.sha256 = Path("fake.onnx"), "fake", "0" * 64
-        self.provider, self.prep = "CPUExecutionProvider", embed.Preprocessing()
+        self.provider, self.prep = "CPUExecutionProvider", photo_model.Preprocessing()
         self.calls = []
 
     def load(self):
@@ -67,7 +67,7 @@ def tiny_images(folder: Path, count: int) -> Path:
 def test_each_prepared_picture_is_released_once_its_batch_is_embedded(tmp_path, monkeypatch):
     """200 files, batches of 8: never more than the batches in flight are held, and none at the end."""
     prepared = []
-    prepare = embed.preprocess
+    prepare = photo_model.preprocess
 
     def tracked(image, prep):
         array = prepare(image, prep)
@@ -77,7 +77,7 @@ def test_each_prepared_picture_is_released_once_its_batch_is_embedded(tmp_path, 
     def alive():
         return sum(ref() is not None for ref in prepared)
 
-    monkeypatch.setattr(embed, "preprocess", tracked)
+    monkeypatch.setattr(photo_model, "preprocess", tracked)
     held = []
 
     class Watching(FakeModel):
@@ -87,7 +87,7 @@ def test_each_prepared_picture_is_released_once_its_batch_is_embedded(tmp_path, 
 
     photos = tiny_images(tmp_path / "photos", 200)
     work = Workdir(tmp_path / "work")
-    monkeypatch.setattr(embed, "model_for", lambda options: Watching())
+    monkeypatch.setattr(photo_model, "model_for", lambda options: Watching())
     summary = embed.run(work, EmbedOptions(paths=[photos], batch_size=8), Context(jobs=2))
 
     assert summary["embedded"] == summary["computed"] == 200
@@ -111,9 +111,9 @@ def test_a_16_by_100000_pixel_strip_is_embedded_in_under_50_mb(tmp_path):
     """It used to be scaled to 256 x 1,600,000 pixels (1.9 GB) before its centre was cut out."""
     path = strip_png(tmp_path / "strip.png", 16, 100_000)
     cache = EmbeddingCache(tmp_path / "cache", "fake")
-    prep = embed.Preprocessing()
+    prep = photo_model.Preprocessing()
 
-    item, grown = peak_rss_growth(lambda: embed._prepare(path, cache, prep, imagelib.DEFAULT_MAX_PIXELS))
+    item, grown = peak_rss_growth(lambda: photo_model.prepare(path, cache, prep, imagelib.DEFAULT_MAX_PIXELS))
 
     assert item.reason == "" and item.size == (16, 100_000)
     assert item.array.shape == (3, 224, 224)
@@ -126,10 +126,10 @@ def test_cropping_first_keeps_what_the_model_sees_of_a_wide_picture(monkeypatch)
     """The crop-first path and scaling the whole picture agree to a few grey levels."""
     photo = Image.open(DATA / "chelsea.png").convert("RGB")
     wide = photo.resize((photo.width * 8, photo.height // 2), Image.BICUBIC)
-    prep = embed.Preprocessing()
-    cropped_first = embed.preprocess(wide, prep)
-    monkeypatch.setattr(embed, "CROP_FIRST_ABOVE", 10**9)
-    scaled_whole = embed.preprocess(wide, prep)
+    prep = photo_model.Preprocessing()
+    cropped_first = photo_model.preprocess(wide, prep)
+    monkeypatch.setattr(photo_model, "CROP_FIRST_ABOVE", 10**9)
+    scaled_whole = photo_model.preprocess(wide, prep)
     assert np.abs(cropped_first - scaled_whole).max() <= 4 / 128
 
 
@@ -151,8 +151,8 @@ def test_a_picture_whose_conversion_would_copy_hundreds_of_mb_is_shrunk_first(tm
     assert size == (1200, 1804) and shrunk.mode == "RGB"
     assert shrunk.size == (600, 902)  # a whole factor, 2, that leaves the short side >= 2 x 256
     assert grown < 1.5 * decoded, f"{grown / MB:.0f} MB for a {decoded / MB:.0f} MB picture"
-    prep = embed.Preprocessing()
-    difference = np.abs(embed.preprocess(shrunk, prep) - embed.preprocess(as_is, prep))
+    prep = photo_model.Preprocessing()
+    difference = np.abs(photo_model.preprocess(shrunk, prep) - photo_model.preprocess(as_is, prep))
     assert difference.mean() < 1 / 128
 
 
@@ -190,22 +190,22 @@ def test_running_out_of_memory_decoding_one_file_is_a_skip(tmp_path, monkeypatch
     with pytest.raises(imagelib.UnreadableImage, match="too large: out of memory decoding 24 x 20 pixels"):
         imagelib.open_image(photos / "001.png")
 
-    monkeypatch.setattr(embed, "model_for", lambda options: FakeModel())
+    monkeypatch.setattr(photo_model, "model_for", lambda options: FakeModel())
     summary = embed.run(Workdir(tmp_path / "work"), EmbedOptions(paths=[photos]))
     assert summary["embedded"] == 2 and summary["skipped_by_reason"] == {"too large": 1}
 
 
 def test_running_out_of_memory_preparing_one_file_is_a_skip_not_the_end_of_the_run(tmp_path, monkeypatch):
     photos = tiny_images(tmp_path / "photos", 5)
-    prepare = embed.preprocess
+    prepare = photo_model.preprocess
 
     def prepare_or_fail(image, prep):
         if image.getpixel((0, 0)) == Image.open(photos / "002.png").convert("RGB").getpixel((0, 0)):
             raise MemoryError
         return prepare(image, prep)
 
-    monkeypatch.setattr(embed, "preprocess", prepare_or_fail)
-    monkeypatch.setattr(embed, "model_for", lambda options: FakeModel())
+    monkeypatch.setattr(photo_model, "preprocess", prepare_or_fail)
+    monkeypatch.setattr(photo_model, "model_for", lambda options: FakeModel())
     embed.run(Workdir(tmp_path / "work"), EmbedOptions(paths=[photos]))
 
     listing = json.loads((tmp_path / "work" / "images.json").read_text())

@@ -40,7 +40,7 @@ class PooledFeatures(torch.nn.Module):
 
 
 def preprocess(path):
-    # Same recipe as gridtsne.embed: short side 256 (bicubic), centre 224.
+    # Same recipe as gridtsne.photo_model.preprocess: short side 256 (bicubic), centre 224.
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
