@@ -1,6 +1,6 @@
 """A map that lasts (issue 18): update a layout as photos come and go, against a fresh layout.
 
-    python benchmarks/stable_update.py --workdirs /work/layout-work --only emoji --seeds 0 1 2
+    python benchmarks/stable_update.py --workdirs /work/layout-work --only emoji --seeds 0 1 2 [--room 0.1]
 
 Each collection's embeddings by the shipped model (the work directories that
 ``layout_quality.py --collections`` embeds into, one per collection) are laid
@@ -19,7 +19,9 @@ steps of that share from one step to the next, the median and largest move of th
 share of new photos whose nearest embedding neighbour among the staying photos
 (cosine) is within 3 cells, DPQ_16 as its authors count ties of the update and
 of the fresh layout, and the seconds of the update's reduce + assign beside the
-fresh layout's (their ratio). Peak memory is the process's largest RSS after
+fresh layout's (their ratio). ``--room SHARE`` lays every grid out with
+assign's ``room`` (empty cells kept among the photos), the fresh ones too.
+Peak memory is the process's largest RSS after
 each scenario (ru_maxrss), which only grows: compare it with --fresh-first.
 """
 
@@ -36,13 +38,15 @@ from gridtsne.options import AssignOptions, ReduceOptions
 from gridtsne.vectors import normalise
 from gridtsne.workdir import Workdir, save_npy
 
+ROOM = 0.0  # --room
+
 
 def lay_out(work: Workdir, vectors: np.ndarray, seed: int, relayout: bool) -> tuple[np.ndarray, dict, float]:
     """Run reduce and assign on ``vectors`` in ``work``: the grid, assign's summary, seconds."""
     save_npy(work.file("embeddings.npy"), vectors.astype(np.float32))
     started = time.perf_counter()
     reduce.run(work, ReduceOptions(seed=seed, relayout=relayout))
-    summary = assign.run(work, AssignOptions(relayout=relayout))
+    summary = assign.run(work, AssignOptions(relayout=relayout, room=ROOM))
     return np.load(work.file("grid.npy")), summary, time.perf_counter() - started
 
 
@@ -120,7 +124,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="only these collections")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="*", default=["add 10%", "add 1% x10", "remove 10%"])
+    parser.add_argument("--room", type=float, default=0.0, help="assign's room for every layout")
     args = parser.parse_args()
+    global ROOM
+    ROOM = args.room
     folders = sorted(p for p in Path(args.workdirs).iterdir() if (p / "embeddings.npy").is_file())
     print(
         f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'per step':>8} "

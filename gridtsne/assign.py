@@ -50,14 +50,15 @@ def grid_shape(n_images: int, aspect: tuple[float, float] = (1.0, 1.0)) -> tuple
     return rows, cols
 
 
-def fit_to_grid(coords: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def fit_to_grid(coords: np.ndarray, rows: int, cols: int, fill: int | None = None) -> np.ndarray:
     """Map points to grid units (x = column, y = row) with one scale for both axes.
 
     A cell is one unit on both axes (square tiles), so the map is never
     stretched more on one axis than on the other. It is centred on the grid
     and scaled so that its spread (root-mean-square distance from its centre)
     equals that of the N cells nearest the grid's centre: the most compact
-    region the N images could fill, which is the whole grid when they fill it.
+    region the N images could fill, which is the whole grid when they fill it
+    (``fill``: that many cells instead of N, when room is kept among them).
     The assignment then moves points as little as possible onto the cells:
     a round map on a wide grid with room to spare stays round, and where the
     grid must be filled the map is widened only as far as that demands.
@@ -66,7 +67,7 @@ def fit_to_grid(coords: np.ndarray, rows: int, cols: int) -> np.ndarray:
     centres = cell_centres(rows, cols)
     middle = centres.mean(axis=0)
     from_middle = ((centres - middle) ** 2).sum(axis=1)
-    nearest = np.sort(from_middle)[: max(1, len(coords))]
+    nearest = np.sort(from_middle)[: max(1, fill or len(coords))]
     offset = coords - coords.mean(axis=0)
     spread = math.sqrt(float((offset**2).sum(axis=1).mean()))
     scale = math.sqrt(float(nearest.mean())) / spread if spread > 0 else 0.0
@@ -84,15 +85,19 @@ def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
 
 
-def _exact_lap(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the centre of each point, minimising the total squared distance.
+def _exact_lap(points: np.ndarray, centres: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Index of the centre of each point, minimising the total squared distance (each point's
+    times its weight, when given: a heavier point is moved less readily).
 
     Rectangular when there are more centres than points: the solver itself
     leaves the centres that cost most to fill empty.
     """
     from scipy.optimize import linear_sum_assignment
 
-    point_index, centre_index = linear_sum_assignment(squared_distances(points, centres))
+    cost = squared_distances(points, centres)
+    if weights is not None:
+        cost *= np.asarray(weights, dtype=np.float64)[:, None]
+    point_index, centre_index = linear_sum_assignment(cost)
     centre_of_point = np.empty(len(points), dtype=np.int64)
     centre_of_point[point_index] = centre_index
     return centre_of_point
@@ -103,8 +108,10 @@ class ExactSolver:
 
     name = "exact"
 
-    def solve(self, points: np.ndarray, rows: int, cols: int) -> np.ndarray:
-        return _exact_lap(points, cell_centres(rows, cols))
+    def solve(
+        self, points: np.ndarray, rows: int, cols: int, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        return _exact_lap(points, cell_centres(rows, cols), weights)
 
 
 class BlocksSolver:
@@ -159,31 +166,34 @@ class BlocksSolver:
             pending.append((order[n_first:], *second))
         return self.improve(points, cell_of_point, rows, cols)
 
-    def improve(self, points: np.ndarray, cell_of_point: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    def improve(
+        self, points: np.ndarray, cell_of_point: np.ndarray, rows: int, cols: int, weights=None
+    ) -> np.ndarray:
         """Step 3 alone, on any complete assignment: it only lowers the total cost, window by
-        window, so photos already where they should be stay."""
+        window, so photos already where they should be stay. ``weights``: as ``_exact_lap``'s."""
         cell_of_point = np.asarray(cell_of_point, dtype=np.int64).copy()
         centres = cell_centres(rows, cols)
-        costs = [float(((points - centres[cell_of_point]) ** 2).sum())]
+        weight = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
+        costs = [float((weight * ((points - centres[cell_of_point]) ** 2).sum(axis=1)).sum())]
         for index in range(self.max_passes):
             shift = (self.window // 2) * (index % 2)
             occupant = occupants(cell_of_point, rows, cols)
             for r0, r1, c0, c1 in windows(rows, cols, self.window, shift):
                 members = occupant[r0:r1, c0:c1].ravel()
                 members = members[members >= 0]
-                self._solve_window(points, cell_of_point, members, r0, r1, c0, c1, cols)
-            costs.append(float(((points - centres[cell_of_point]) ** 2).sum()))
+                self._solve_window(points, cell_of_point, members, r0, r1, c0, c1, cols, weights)
+            costs.append(float((weight * ((points - centres[cell_of_point]) ** 2).sum(axis=1)).sum()))
             if len(costs) > 2 and costs[-3] - costs[-1] <= self.tolerance * costs[-3]:
                 break
         return cell_of_point
 
     @staticmethod
-    def _solve_window(points, cell_of_point, members, row0, row1, col0, col1, cols) -> None:
+    def _solve_window(points, cell_of_point, members, row0, row1, col0, col1, cols, weights=None) -> None:
         if len(members) == 0:
             return
         row, col = np.divmod(np.arange((row1 - row0) * (col1 - col0)), col1 - col0)
         centres = np.stack([col + col0, row + row0], axis=1).astype(np.float64)
-        local = _exact_lap(points[members], centres)
+        local = _exact_lap(points[members], centres, None if weights is None else weights[members])
         cell_of_point[members] = (row[local] + row0) * cols + col[local] + col0
 
 
@@ -251,13 +261,35 @@ def _hilbert_index(coords: np.ndarray, bits: int = 16) -> np.ndarray:
     return index
 
 
+def spread_cells(count: int, rows: int, cols: int) -> np.ndarray:
+    """``count`` cells spread evenly over the grid, the same every time: the points of the R2
+    low-discrepancy sequence (Roberts 2018), each in its cell, the first ``count`` distinct."""
+    count = min(count, rows * cols)
+    plastic = 1.324717957244746  # x^3 = x + 1
+    chosen: dict[int, None] = {}
+    step = np.arange(4 * count + 16)
+    while len(chosen) < count:
+        u, v = (0.5 + step / plastic) % 1.0, (0.5 + step / plastic**2) % 1.0
+        for cell in (
+            np.floor(v * rows).astype(np.int64) * cols + np.floor(u * cols).astype(np.int64)
+        ).tolist():
+            chosen.setdefault(cell)
+            if len(chosen) == count:
+                break
+        step = step + len(step)
+    return np.fromiter(chosen, dtype=np.int64, count=count)
+
+
 def assign_to_grid(
-    coords: np.ndarray, rows: int, cols: int, *, solver: str = "auto", subset: bool = False
+    coords: np.ndarray, rows: int, cols: int, *, solver: str = "auto", subset: bool = False, room: int = 0
 ) -> tuple[np.ndarray, float, str]:
     """Cell index (row-major) of each point, the total squared displacement, and the solver used.
 
     With more points than cells, ``subset`` keeps a representative subset and
-    gives the others cell -1; without it that is an error.
+    gives the others cell -1; without it that is an error. ``room``: cells left
+    empty, spread evenly among the photos, for photos added later
+    (``spread_cells`` places a stand-in point in each; the solver places them
+    with the photos, and their cells stay empty).
     """
     n_points = len(coords)
     cell_of_image = np.full(n_points, -1, dtype=np.int32)
@@ -267,8 +299,10 @@ def assign_to_grid(
             raise ValueError(f"{n_points} points do not fit {rows * cols} cells and subset is False")
         placed = representative_subset(coords, rows * cols)
     chosen = resolve_solver(solver, rows * cols)
-    points = fit_to_grid(np.asarray(coords)[placed], rows, cols)
-    cells = chosen.solve(points, rows, cols)
+    room = min(room, rows * cols - len(placed))
+    points = fit_to_grid(np.asarray(coords)[placed], rows, cols, fill=len(placed) + room)
+    stand_ins = cell_centres(rows, cols)[spread_cells(room, rows, cols)]
+    cells = chosen.solve(np.concatenate([points, stand_ins]), rows, cols)[: len(points)]
     cell_of_image[placed] = cells
     total = float(((points - cell_centres(rows, cols)[cells]) ** 2).sum())
     return cell_of_image, total, chosen.name
@@ -283,6 +317,7 @@ def layout(
     solver: str = "auto",
     subset: bool = False,
     refine_grid: bool = True,
+    room: int = 0,
     on_progress=lambda fraction: None,
 ) -> tuple[np.ndarray, dict]:
     """The whole stage on arrays: cell of each image (-1: left out) and the results to record.
@@ -290,12 +325,19 @@ def layout(
     ``on_progress(fraction)`` is told as each step ends (assignment, refinement)."""
     if len(coords) != len(embeddings):
         raise ValueError(f"coords has {len(coords)} points for {len(embeddings)} embeddings")
-    cell_of_image, total_cost, solver_used = assign_to_grid(coords, rows, cols, solver=solver, subset=subset)
+    cell_of_image, total_cost, solver_used = assign_to_grid(
+        coords, rows, cols, solver=solver, subset=subset, room=room
+    )
     on_progress(0.3)
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
     if refine_grid:
-        cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols)
+        # The room stays where it was spread: refinement swaps photos, never a photo and a hole.
+        movable = None
+        if room:
+            movable = np.zeros(rows * cols, dtype=bool)
+            movable[cell_of_image[placed]] = True
+        cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols, movable=movable)
     on_progress(0.9)
     everyone = len(placed) == len(vectors)  # then no copy of N x D to measure them
     after = quality.layout_quality(vectors if everyone else vectors[placed], cell_of_image[placed], cols)
@@ -319,6 +361,17 @@ def layout(
 
 #: A new photo's place is the median cell of this many of its nearest staying neighbours on the map.
 KIN = 5
+#: In an update of a grid with room (``--room``), moving a staying photo costs this many times
+#: what moving a new one does: a new photo takes a free cell a little further from its kin rather
+#: than push a row of others aside (docs/benchmarks.md, "Stable maps").
+STAY_WEIGHT = 4.0
+
+
+def with_room(n_images: int, room: float) -> int:
+    """Cells for ``n_images`` photos with the share ``room`` of them left empty."""
+    return max(n_images, math.ceil(n_images / (1.0 - room))) if room > 0 else n_images
+
+
 #: Cells around every change that refinement may still swap.
 REFINE_AROUND = 1
 
@@ -389,6 +442,7 @@ def update_layout(
     cols: int,
     *,
     refine_grid: bool = True,
+    stay_weight: float = 1.0,
 ) -> tuple[np.ndarray, dict]:
     """An earlier grid updated for a changed photo set: the cell of each image and the results.
 
@@ -396,11 +450,13 @@ def update_layout(
     a new photo). Every image gets a place to be: a staying photo its own
     cell, a new photo the median cell of its ``KIN`` nearest staying
     neighbours on the map. The images then go to the cells with the least
-    squared displacement from those places (exact up to ``EXACT_MAX_CELLS``;
-    above, the blocks solver's windows improve a first assignment that puts
-    the new photos in the nearest free cells), so a photo moves only as far
-    as the room made for new photos demands, and refinement swaps only
-    within ``REFINE_AROUND`` cells of a change.
+    squared displacement from those places, a staying photo's counted
+    ``stay_weight`` times (exact up to ``EXACT_MAX_CELLS``; above, the blocks
+    solver's windows improve a first assignment that puts the new photos in
+    the nearest free cells), so a photo moves only as far as the room made
+    for new photos demands. Refinement then sorts the new and moved photos
+    among themselves and the free cells within ``REFINE_AROUND`` cells of a
+    change; a staying photo still in its cell stays.
     """
     from scipy.spatial import cKDTree
 
@@ -416,12 +472,13 @@ def update_layout(
         _, nearest = cKDTree(map_points[kept]).query(map_points[new], k=kin)
         place[new] = np.median(centre_rc[home[kept][np.reshape(nearest, (len(new), kin))]], axis=1)
     points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
+    weights = np.where(home >= 0, stay_weight, 1.0)
     if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
         solver = resolve_solver("exact", n_cells)
-        cell_of_image = solver.solve(points, rows, cols)
+        cell_of_image = solver.solve(points, rows, cols, weights)
     else:  # from the earlier grid, better window by window: far from the changes nothing moves
         solver = BlocksSolver()
-        cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols)
+        cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols, weights)
     placed_by_solver = cell_of_image.copy()
     vectors = normalise(np.asarray(embeddings, dtype=np.float32))
     movable = np.zeros(n_cells, dtype=bool)
@@ -431,6 +488,9 @@ def update_layout(
         changed = np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved]])
         if len(changed):
             movable[_around(centre_rc[changed], rows, cols, REFINE_AROUND)] = True
+            # A staying photo still in its cell stays: refinement sorts the new and moved ones
+            # among themselves and the empty cells around them.
+            movable[cell_of_image[kept[cell_of_image[kept] == home[kept]]]] = False
             cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols, movable=movable)
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     moved = cell_of_image[kept] != home[kept]
@@ -489,7 +549,7 @@ def _grid_options(options: AssignOptions) -> dict:
     """The options that an update must share with the grid it updates (else: afresh)."""
     pair = lambda value: list(value) if value else None  # noqa: E731
     return {"grid": pair(options.grid), "aspect": pair(options.aspect), "solver": options.solver,
-            "refine": options.refine}  # fmt: skip
+            "refine": options.refine, "room": options.room}  # fmt: skip
 
 
 class AssignStage(Stage):
@@ -560,20 +620,22 @@ class AssignStage(Stage):
     def update(self, coords, embeddings, options: AssignOptions, update) -> dict:
         old_rows, old_cols, earlier_cell, removed = update
         rows, cols = options.grid or grown_shape(
-            old_rows, old_cols, len(coords), options.aspect or (1.0, 1.0)
+            old_rows, old_cols, with_room(len(coords), options.room / 2), options.aspect or (1.0, 1.0)
         )
         # A grown grid keeps the earlier one in its middle: it grows at every edge alike.
         row_offset, col_offset = (rows - old_rows) // 2, (cols - old_cols) // 2
         old_row, old_col = np.divmod(earlier_cell, old_cols)
         home = np.where(earlier_cell >= 0, (old_row + row_offset) * cols + old_col + col_offset, -1)
         cell_of_image, results = update_layout(
-            coords, embeddings, home, rows, cols, refine_grid=options.refine
-        )
+            coords, embeddings, home, rows, cols, refine_grid=options.refine,
+            stay_weight=STAY_WEIGHT if options.room else 1.0,
+        )  # fmt: skip
         return {**results, "mode": "update", "removed": removed, "grew_from": [old_rows, old_cols],
                 "offset": [row_offset, col_offset], "cell_of_image": cell_of_image}  # fmt: skip
 
     def fresh(self, workdir: Workdir, coords, embeddings, options: AssignOptions, context: Context) -> dict:
-        rows, cols = options.grid or grid_shape(len(coords), options.aspect or (1.0, 1.0))
+        cells_wanted = with_room(len(coords), options.room)
+        rows, cols = options.grid or grid_shape(cells_wanted, options.aspect or (1.0, 1.0))
         cells = rows * cols
         if options.solver == "auto" and resolve_solver("auto", cells).name != "exact":
             context.on_message(
@@ -582,7 +644,8 @@ class AssignStage(Stage):
             )
         cell_of_image, results = layout(
             coords, embeddings, rows, cols, solver=options.solver, subset=options.subset,
-            refine_grid=options.refine, on_progress=lambda done: context.on_progress("assign", done),
+            refine_grid=options.refine, room=cells_wanted - len(coords),
+            on_progress=lambda done: context.on_progress("assign", done),
         )  # fmt: skip
         if results["left_out"] and workdir.file(IMAGES).is_file():
             listing = workdir.load_images()["images"]

@@ -170,6 +170,9 @@ assign_options = _with(
                  "the left-out images are listed in assign.json."),
     stage_option(AssignOptions, "refine", "--refine/--no-refine",
                  help="Sort the grid locally against the embeddings after the assignment."),
+    stage_option(AssignOptions, "room", metavar="SHARE",
+                 help="Leave this share of the cells empty (0 to 0.5), spread among the photos, so that "
+                 "photos added later join their kin while the others keep their cells."),
 )  # fmt: skip
 
 render_options = _with(

@@ -124,6 +124,13 @@ def _share(value: Any) -> float:
     return number
 
 
+def _room(value: Any) -> float:
+    number = _number(value)
+    if not 0 <= number <= 0.5:
+        raise ValueError(f"{value} is not a share from 0 to 0.5")
+    return number
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")
@@ -318,6 +325,9 @@ class AssignOptions(StageOptions):
     subset: bool = option(False, _flag)
     #: Sort the grid locally against the embeddings after the assignment.
     refine: bool = option(True, _flag)
+    #: Share of the grid's cells left empty, spread among the photos, so that photos added
+    #: later find a cell beside their kin and the others keep theirs.
+    room: float = option(0.0, _room)
     #: Assign afresh instead of updating the last grid (photos keep their cells).
     relayout: bool = option(False, _flag, fresh=False)
 

@@ -153,3 +153,35 @@ def test_on_a_large_grid_nothing_far_from_a_new_photo_moves():
     far = np.abs(np.stack([row, col], axis=1)[:, None, :] - new_rc[None]).max(axis=2).min(axis=1) > 12
     assert (kept_rc[far] == np.stack([row, col], axis=1)[far]).all()  # far away, nothing moved
     assert (np.abs(new_rc - np.stack(divmod(home[twins], cols), axis=1)).max(axis=1) <= 3).all()
+
+
+def test_room_keeps_empty_cells_among_the_photos_where_added_photos_join_their_kin(vectors, tmp_path):
+    """With --room 0.1 a fresh grid keeps a tenth of its cells empty, spread over it; adding
+    10% more photos then fills them and nearly every photo keeps its cell."""
+    n = 220
+    first, summary = lay_out(tmp_path / "w", vectors[:n], room=0.1)
+    empty = summary["rows"] * summary["cols"] - n
+    assert empty >= 0.1 * n
+    taken = np.zeros((summary["rows"], summary["cols"]), dtype=bool)
+    taken[first[:, 0], first[:, 1]] = True
+    half_r, half_c = summary["rows"] // 2, summary["cols"] // 2
+    for quadrant in (
+        taken[:half_r, :half_c],
+        taken[:half_r, half_c:],
+        taken[half_r:, :half_c],
+        taken[half_r:, half_c:],
+    ):
+        assert (~quadrant).any()  # the room is spread, not all at one edge
+    after, update = lay_out(tmp_path / "w", vectors[: n + 22], room=0.1)
+    assert update["mode"] == "update" and update["new"] == 22
+    assert (after[:n] == first).all(axis=1).mean() >= 0.9
+    # Where the new photos went: near the staying photo nearest them in the embedding (a random
+    # cell of this 16 x 16 grid would be 6 to 7 cells away).
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    kin = np.argmax(unit[n : n + 22] @ unit[:n].T, axis=1)
+    assert np.median(np.abs(after[n:] - after[kin]).max(axis=1)) <= 4
+
+
+def test_room_is_checked_as_a_share_up_to_a_half(cli, tmp_path):
+    result = cli("assign", "-w", tmp_path, "--room", "0.8")
+    assert result.exit_code == 2 and "0.8 is not a share from 0 to 0.5" in result.output
