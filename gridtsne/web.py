@@ -228,7 +228,8 @@ def make_previews(
 
     A preview the previous page (``old``) made of the same file, unchanged since (same
     content hash at embed, size and modification time), at the same settings, is linked or
-    copied from it instead of decoding the photo again. Returns counts.
+    copied from it instead of decoding the photo again. Returns counts, and the photos that
+    have no preview (their file is unreadable now).
     """
     target.mkdir()
     settings = {"px": px, "quality": quality}
@@ -241,6 +242,7 @@ def make_previews(
     made: dict[str, list] = {}
     lock = threading.Lock()
     counts = {"made": 0, "reused": 0, "unreadable": 0}
+    missing: list[int] = []
 
     def one(page_index: int) -> None:
         entry = entries[order[page_index]]
@@ -259,6 +261,7 @@ def make_previews(
             except images.UnreadableImage:
                 with lock:
                     counts["unreadable"] += 1
+                    missing.append(page_index)
                 return
             if max(image.size) > px:
                 image = tiles.make_tile(image, px, "pad")
@@ -272,7 +275,7 @@ def make_previews(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(one, range(len(order))))
     (target / PREVIEWS_INDEX).write_text(json.dumps({"settings": settings, "files": made}))
-    return counts
+    return counts, sorted(missing)
 
 
 def _link_or_copy(source: Path, destination: Path) -> bool:
@@ -338,10 +341,10 @@ class WebWriter:
                 pyramid.add(strip)
             pyramid.finish()
             order = photo_order(mosaic)
-            extra = {"preview_px": self.preview_px, "neighbours": None}
+            extra = {"preview_px": self.preview_px, "no_preview": [], "neighbours": None}
             if self.preview_px:
                 old = folder / "previews" if (folder / MARKER).is_file() else None
-                self.counts["previews"] = make_previews(
+                self.counts["previews"], extra["no_preview"] = make_previews(
                     mosaic.entries, order, building / "previews", old, self.preview_px, PREVIEW_QUALITY,
                     self.jobs,
                 )  # fmt: skip
