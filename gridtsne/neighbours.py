@@ -31,15 +31,17 @@ import numpy as np
 #: How many similar photos each photo gets.
 K = 12
 #: Changes when what ``most_similar`` finds changes (a cache of its results is then stale).
-VERSION = 1
+VERSION = 2
 #: ``N * N * D`` up to which the search runs on the full vectors.
 EXACT_BUDGET = 2e11
 #: Dimensions of the reduced space, above that budget.
 REDUCED_DIMS = 128
 #: Candidates found in the reduced space, then ranked on the full vectors.
 CANDIDATES = 48
+#: Rows (at most) whose second moment gives the reduced space's axes.
+MOMENT_ROWS = 20_000
 #: The largest block of similarities held at once, per thread.
-BLOCK_BYTES = 48 << 20
+BLOCK_BYTES = 64 << 20
 
 
 def _unit_rows(vectors: np.ndarray, start: int, stop: int, norms: np.ndarray) -> np.ndarray:
@@ -56,22 +58,36 @@ def _norms(vectors: np.ndarray, block: int) -> np.ndarray:
     return norms
 
 
-def top_of_rows(similarity: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+def slice_length(n: int, m: int) -> int:
+    """Columns per slice when the top ``m`` of rows of ``n`` are sought: at least 4m slices."""
+    return int(np.clip(n // (4 * m), 1, 128))
+
+
+def top_of_rows(
+    similarity: np.ndarray, m: int, slice_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``m`` largest values of each row and their columns, largest first (ties: lower column).
 
-    ``similarity`` may be changed. Each row must hold at least ``m`` values above -inf.
+    Each row must hold at least ``m`` values above -inf. The row is cut into slices of
+    ``slice_len`` columns; the m-th largest slice maximum is a value that at least m values
+    reach, so only the slices whose maximum reaches it are looked into.
     """
     rows, n = similarity.shape
-    slices = max(2 * m, 32)
-    if n <= 4 * slices:
+    slice_len = slice_len or slice_length(n, m)
+    if n < 8 * m or slice_len < 4:
         order = np.lexsort((np.broadcast_to(np.arange(n), similarity.shape), -similarity), axis=1)[:, :m]
         return order.astype(np.int32), np.take_along_axis(similarity, order, axis=1)
-    starts = np.linspace(0, n, slices, endpoint=False).astype(np.intp)
-    maxima = np.maximum.reduceat(similarity, starts, axis=1)
-    # m slices have a maximum >= the m-th largest maximum: at least m values reach it.
+    if n % slice_len:
+        padding = np.full((rows, slice_len - n % slice_len), -np.inf, similarity.dtype)
+        similarity = np.concatenate([similarity, padding], axis=1)
+    slices = similarity.shape[1] // slice_len
+    view = similarity.reshape(rows, slices, slice_len)
+    maxima = view.max(axis=2)
     threshold = np.partition(maxima, slices - m, axis=1)[:, slices - m]
-    row, column = np.nonzero(similarity >= threshold[:, None])
-    value = similarity[row, column]
+    row, piece = np.nonzero(maxima >= threshold[:, None])
+    values = view[row, piece]
+    at, offset = np.nonzero(values >= threshold[row][:, None])
+    row, column, value = row[at], piece[at] * slice_len + offset, values[at, offset]
     order = np.lexsort((column, -value, row))
     row, column, value = row[order], column[order], value[order]
     first = np.searchsorted(row, np.arange(rows))
@@ -98,14 +114,16 @@ def most_similar(
     if exact is None:
         exact = dims <= REDUCED_DIMS or float(n) * n * dims <= EXACT_BUDGET
     # A block's similarities to all rows, and (reduced) its candidates' full vectors, fit BLOCK_BYTES.
-    per_row = 4 * max(n, 0 if exact else CANDIDATES * dims)
+    per_row = 4 * max(n + 128, 0 if exact else CANDIDATES * dims)
     rows_per_block = int(max(8, min(4096, BLOCK_BYTES // per_row)))
     norms = _norms(vectors, rows_per_block)
     if exact:
         space, found = None, k
     else:
         space, found = _reduce(vectors, norms, rows_per_block), min(n - 1, max(k, CANDIDATES))
-    # The searched space, whole: full unit vectors, or the reduced ones.
+    # The searched space, whole: full unit vectors, or the reduced ones; zero rows pad it to
+    # whole slices, so that a block's similarities cut into slices without a copy.
+    slice_len = slice_length(n, found)
     searched = (
         np.concatenate(
             [_unit_rows(vectors, s, s + rows_per_block, norms) for s in range(0, n, rows_per_block)]
@@ -113,6 +131,9 @@ def most_similar(
         if space is None
         else space
     )
+    padded = -(-n // slice_len) * slice_len
+    if padded > n:
+        searched = np.concatenate([searched, np.zeros((padded - n, searched.shape[1]), np.float32)])
     index = np.empty((n, k), np.int32)
     similarity = np.empty((n, k), np.float32)
     starts = list(range(0, n, rows_per_block))
@@ -121,7 +142,8 @@ def most_similar(
         stop = min(n, start + rows_per_block)
         block_sim = searched[start:stop] @ searched.T
         block_sim[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not its own neighbour
-        columns, values = top_of_rows(block_sim, found)
+        block_sim[:, n:] = -np.inf  # the padding
+        columns, values = top_of_rows(block_sim, found, slice_len)
         if space is not None:  # rank the candidates again on the full vectors
             query = _unit_rows(vectors, start, stop, norms)
             flat = columns.ravel()
@@ -149,8 +171,9 @@ def _reduce(vectors: np.ndarray, norms: np.ndarray, rows_per_block: int) -> np.n
     """The unit vectors projected on the first REDUCED_DIMS axes of their second moment."""
     n, dims = vectors.shape
     moment = np.zeros((dims, dims), np.float64)
-    for start in range(0, n, rows_per_block):
-        rows = _unit_rows(vectors, start, start + rows_per_block, norms)
+    every = max(1, n // MOMENT_ROWS)  # the axes from evenly spaced rows: a sample does as well
+    for start in range(0, n, rows_per_block * every):
+        rows = _unit_rows(vectors, start, start + rows_per_block * every, norms)[::every]
         moment += (rows.T @ rows).astype(np.float64)
     # The leading axes by subspace iteration (a full eigh of a 1,280 x 1,280 matrix takes seconds).
     rank = min(dims, REDUCED_DIMS)
