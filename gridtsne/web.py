@@ -257,7 +257,7 @@ def make_previews(
             kind = "reused"
         else:
             try:
-                image, _ = images.open_image(Path(entry["path"]), draft_px=px)
+                image, _ = images.open_image(Path(entry["path"]), draft_px=_draft_px(entry, px))
             except images.UnreadableImage:
                 with lock:
                     counts["unreadable"] += 1
@@ -276,6 +276,15 @@ def make_previews(
         list(pool.map(one, range(len(order))))
     (target / PREVIEWS_INDEX).write_text(json.dumps({"settings": settings, "files": made}))
     return counts, sorted(missing)
+
+
+def _draft_px(entry: dict, px: int) -> int:
+    """The short side a preview needs: only its long side is ``px`` (JPEG draft then decodes
+    a 4000 x 3000 photo at 1/8 for a 384 px preview, not 1/4)."""
+    width, height = entry.get("width") or 0, entry.get("height") or 0
+    if width <= 0 or height <= 0:
+        return px
+    return max(1, -(-px * min(width, height) // max(width, height)))
 
 
 def _link_or_copy(source: Path, destination: Path) -> bool:

@@ -3,7 +3,8 @@
 // Job fields (cells are row-major cell numbers of the grid):
 //   hostile: cells whose names must show as text; search: a word that finds one photo;
 //   similarOf: cells whose "more like this" to read; keys: arrow keys pressed from keyStart;
-//   rectangle: [cornerCell, cornerCell]; lasso: points in cells [[col, row], ...]; screenshot: a path.
+//   rectangle: [cornerCell, cornerCell]; lasso: points in cells [[col, row], ...]; screenshot: a path
+//   (taken last, with the search on and the panel open on its first match).
 // Prints one JSON object.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
@@ -184,11 +185,17 @@ try {
     report.link.forward = (await state(page)).opened;
   }
 
-  if (job.screenshot) {
+  if (job.screenshot) {  // the panel open on the search's first match (or on cell "shotOpen")
     await page.keyboard.press("0");
     await page.fill("#search", job.search);
-    await page.evaluate(() => document.activeElement.blur());
-    await click(page, job.link ? job.link.open : 0);
+    if (job.shotOpen !== undefined) {
+      await page.evaluate(() => document.activeElement.blur());
+      await click(page, job.shotOpen);
+    } else {
+      await page.press("#search", "Enter");
+      await settle(page);
+      await page.evaluate(() => document.activeElement.blur());
+    }
     await page.waitForFunction(() => window.gridtsneView.state().near !== null, null, { timeout: 5000 });
     await page.waitForTimeout(300);
     await page.screenshot({ path: job.screenshot });
