@@ -186,6 +186,9 @@ render_options = _with(
     stage_option(RenderOptions, "quality", help="JPEG/WebP quality (also of the web page's tiles)."),
     stage_option(RenderOptions, "format", type=click.Choice(FORMATS),
                  help="Output format; auto: from OUTPUT's extension. Needed when OUTPUT is - (stdout)."),
+    stage_option(RenderOptions, "preview", metavar="PX",
+                 help="Web page: long side of the preview of each photo that the details panel "
+                 "shows (written into the page folder); 0: none."),
     stage_option(RenderOptions, "overwrite", is_flag=True,
                  help="Write over an existing OUTPUT that gridtsne did not write (never over a photo)."),
 )  # fmt: skip

@@ -355,6 +355,8 @@ class RenderOptions(StageOptions):
     quality: int = option(90, _integer(1, 100))
     #: Output format; "auto": from the output's extension.
     format: str = option("auto", _choice(FORMATS))
+    #: Long side in pixels of the previews a web page's details panel shows; 0: none.
+    preview: int = option(384, _integer(0, 4096))
     #: Write over an existing output file that gridtsne did not write.
     overwrite: bool = option(False, _flag, fresh=False)
 

@@ -31,7 +31,7 @@ from gridtsne import __version__, assign, images, tiles
 from gridtsne.errors import OptionError, OptionMismatch, StageError
 from gridtsne.options import RenderOptions, parse_colour
 from gridtsne.stage import Context, Plan, Stage
-from gridtsne.workdir import GRID, IMAGES, Workdir, atomic_write
+from gridtsne.workdir import EMBEDDINGS, GRID, IMAGES, Workdir, atomic_write, file_hash
 
 STDOUT = "-"
 
@@ -416,8 +416,15 @@ class RenderStage(Stage):
 
     def inputs(self, workdir: Workdir, options: RenderOptions) -> dict:
         manifest = workdir.read_manifest("assign") or {"results": {}}
-        return {**super().inputs(workdir, options),
-                "grid_shape": [manifest["results"].get(k) for k in ("rows", "cols")]}  # fmt: skip
+        inputs = {**super().inputs(workdir, options),
+                  "grid_shape": [manifest["results"].get(k) for k in ("rows", "cols")]}  # fmt: skip
+        if self.is_page(options) and workdir.file(EMBEDDINGS).is_file():  # the page's "more like this"
+            inputs[EMBEDDINGS] = file_hash(workdir.file(EMBEDDINGS))
+        return inputs
+
+    @staticmethod
+    def is_page(options: RenderOptions) -> bool:
+        return options.output != STDOUT and format_of(options.output, options.format) == "html"
 
     def may_skip(self, options: RenderOptions) -> bool:
         return options.output != STDOUT  # bytes sent to a pipe are gone: a render to stdout always runs
@@ -436,6 +443,12 @@ class RenderStage(Stage):
         to_stdout = options.output == STDOUT
         name = format_of(options.output, options.format)
         writer = resolve_writer(options.output, options.format, options.quality)
+        if self.is_page(options):
+            from gridtsne import web
+
+            writer = web.WebWriter(options.quality, preview_px=options.preview, jobs=context.jobs,
+                                   embeddings=workdir.file(EMBEDDINGS),
+                                   neighbours_cache=workdir.file(web.NEIGHBOURS_CACHE))  # fmt: skip
         output = STDOUT if to_stdout else Path(options.output).absolute()
         listing = workdir.load_images()["images"]
         self.check_destination(workdir, options, [entry["path"] for entry in listing])

@@ -21,22 +21,32 @@ its builder holds locked while it works.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import fcntl
+import hashlib
+import html
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
+import threading
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
+from gridtsne import images, tiles
 from gridtsne.errors import StageError
 
 PYRAMID_TILE_PX = 256
 TEMPLATE = Path(__file__).with_name("web_page.html")
+#: JPEG quality of the previews the details panel shows.
+PREVIEW_QUALITY = 82
 #: A file that says a folder is a page gridtsne wrote and may replace.
 MARKER = ".gridtsne-web"
 
@@ -99,26 +109,43 @@ class Pyramid:
                 self._push(below_top, strip)
 
 
-def photo_links(paths: list[str | None], folder: Path) -> list[str | None]:
-    """Relative URLs from the page folder to each photo (None for an empty cell)."""
-    links = []
-    for path in paths:
-        if path is None:
-            links.append(None)
-            continue
-        try:
-            relative = os.path.relpath(path, folder)
-        except ValueError:  # another drive (Windows): only an absolute URL can reach it
-            links.append(Path(path).absolute().as_uri())
-            continue
-        links.append(urllib.parse.quote(Path(relative).as_posix()))
-    return links
+def _folder_link(folder_of_photos: str, page: Path) -> str:
+    """The relative URL from the page folder to a folder of photos, ending in "/"."""
+    try:
+        relative = os.path.relpath(folder_of_photos, page)
+    except ValueError:  # another drive (Windows): only an absolute URL can reach it
+        return Path(folder_of_photos).absolute().as_uri() + "/"
+    return urllib.parse.quote(Path(relative).as_posix()) + "/"
 
 
-def page_data(mosaic, folder: Path, levels: list[tuple[int, int]]) -> dict:
-    """What the viewer needs: grid geometry, pyramid levels, the photo of each cell."""
-    paths = [None if index is None else mosaic.entries[index]["path"] for index in mosaic.image_at()]
+def _base64(array: np.ndarray, dtype) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+
+def photo_order(mosaic) -> list[int]:
+    """The image indices of the photos on the page, in the order of their cells."""
+    return [index for index in mosaic.image_at() if index is not None]
+
+
+def page_data(mosaic, folder: Path, levels: list[tuple[int, int]], order: list[int], **extra) -> dict:
+    """What the viewer needs: grid geometry, pyramid levels, and per photo (in ``order``, the
+    order of their cells) its cell, name, folder and pixel size, as compact arrays.
+
+    Folders are a table, each photo an index into it. A folder is named relative to the
+    common folder of all photos (``root``, only its own name), and linked relative to
+    the page folder: no absolute path of this machine goes into the page.
+    """
+    paths = [os.path.abspath(mosaic.entries[index]["path"]) for index in order]
+    parents = [os.path.dirname(path) for path in paths]
+    root = os.path.commonpath(parents) if parents else ""
+    table: dict[str, int] = {}
+    folder_of = [table.setdefault(parent, len(table)) for parent in parents]
+    shown = [Path(os.path.relpath(parent, root)).as_posix() for parent in table] if root else []
+    sizes = [
+        (mosaic.entries[index].get("width") or 0, mosaic.entries[index].get("height") or 0) for index in order
+    ]
     return {
+        "version": 2,
         "rows": mosaic.rows,
         "cols": mosaic.cols,
         "tile_px": mosaic.tile_px,
@@ -128,17 +155,177 @@ def page_data(mosaic, folder: Path, levels: list[tuple[int, int]]) -> dict:
         "background": "#{:02x}{:02x}{:02x}".format(*mosaic.background),
         "pyramid_tile_px": PYRAMID_TILE_PX,
         "levels": levels,
-        "photos": photo_links(paths, folder),
+        "count": len(order),
+        "root": os.path.basename(root),
+        "folders": ["" if name == "." else name for name in shown],
+        "folder_links": [_folder_link(parent, folder) for parent in table],
+        "names": [os.path.basename(path) for path in paths],
+        "folder": _base64(np.asarray(folder_of, dtype=np.int64), "<i4"),
+        "cell": _base64(mosaic.cell_of_image[order] if order else np.zeros(0), "<i4"),
+        "size": _base64(np.asarray(sizes, dtype=np.int64).reshape(-1), "<u4"),
+        **extra,
     }
 
 
+def write_neighbours(path: Path, index: np.ndarray, similarity: np.ndarray) -> None:
+    """``neighbours.js``: per photo (page order) its most similar photos, loaded by the page on
+    first need; similarities as int8 (cosine x 127)."""
+    data = {
+        "k": int(index.shape[1]),
+        "index": _base64(index, "<i4"),
+        "similarity": _base64(np.round(np.clip(similarity, -1, 1) * 127), "i1"),
+    }
+    path.write_text("window.GRIDTSNE_NEIGHBOURS = " + json.dumps(data) + ";\n", encoding="ascii")
+
+
+def page_neighbours(embeddings: Path, order: list[int], jobs: int, cache: Path | None) -> tuple:
+    """The most similar photos of each photo on the page, as page indices (``order``'s).
+
+    Computed on embeddings.npy (memory-mapped) and kept in ``cache`` (the work directory's
+    ``neighbours.npz``, keyed by the embeddings' hash and the photos placed), so that another
+    render of the same map does not compute them again.
+    """
+    from gridtsne import neighbours
+    from gridtsne.workdir import file_hash
+
+    vectors = np.load(embeddings, mmap_mode="r")
+    placed = np.asarray(order, dtype=np.int64)
+    key = hashlib.sha256(
+        f"{file_hash(embeddings)} {neighbours.K} {neighbours.VERSION} ".encode() + placed.tobytes()
+    ).hexdigest()
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            with np.load(cache) as kept:
+                if str(kept["key"]) == key:
+                    return kept["index"], kept["similarity"]
+    rows_of = np.sort(placed)  # the rows searched, in file order (all of them: the memory map itself)
+    found, found_similarity = neighbours.most_similar(
+        vectors if len(rows_of) == len(vectors) else vectors[rows_of], jobs=jobs
+    )
+    page_of = np.zeros(len(vectors), dtype=np.int32)
+    page_of[placed] = np.arange(len(placed), dtype=np.int32)
+    index, similarity = np.empty_like(found), np.empty_like(found_similarity)
+    index[page_of[rows_of]] = page_of[rows_of[found]]
+    similarity[page_of[rows_of]] = found_similarity
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, key=np.array(key), index=index, similarity=similarity)
+            os.replace(tmp, cache)
+    return index, similarity
+
+
+#: The work directory's cache of the neighbours of the last page rendered from it.
+NEIGHBOURS_CACHE = "neighbours.npz"
+#: What the previews of a page folder are, for the next render to reuse them.
+PREVIEWS_INDEX = "made.json"
+
+
+def make_previews(
+    entries: list[dict], order: list[int], target: Path, old: Path | None, px: int, quality: int, jobs: int
+) -> dict:
+    """``previews/P.jpg``: photo P of the page (``order``), at most ``px`` on its long side.
+
+    A preview the previous page (``old``) made of the same file, unchanged since (same
+    content hash at embed, size and modification time), at the same settings, is linked or
+    copied from it instead of decoding the photo again. Returns counts, and the photos that
+    have no preview (their file is unreadable now).
+    """
+    target.mkdir()
+    settings = {"px": px, "quality": quality}
+    reusable: dict = {}
+    if old is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            before = json.loads((old / PREVIEWS_INDEX).read_text())
+            if before.get("settings") == settings:
+                reusable = before.get("files", {})
+    made: dict[str, list] = {}
+    lock = threading.Lock()
+    counts = {"made": 0, "reused": 0, "unreadable": 0}
+    missing: list[int] = []
+
+    def one(page_index: int) -> None:
+        entry = entries[order[page_index]]
+        name = f"{page_index}.jpg"
+        try:
+            found = os.stat(entry["path"])
+            stamp = [entry.get("sha256"), found.st_size, found.st_mtime_ns]
+        except OSError:
+            stamp = None
+        before = reusable.get(stamp[0]) if stamp and stamp[0] else None
+        if before is not None and before[:2] == stamp[1:] and _link_or_copy(old / before[2], target / name):
+            kind = "reused"
+        else:
+            try:
+                image, _ = images.open_image(Path(entry["path"]), draft_px=_draft_px(entry, px))
+            except images.UnreadableImage:
+                with lock:
+                    counts["unreadable"] += 1
+                    missing.append(page_index)
+                return
+            if max(image.size) > px:
+                image = tiles.make_tile(image, px, "pad")
+            image.save(target / name, quality=quality)
+            kind = "made"
+        with lock:
+            counts[kind] += 1
+            if stamp and stamp[0]:
+                made[stamp[0]] = [stamp[1], stamp[2], name]
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, range(len(order))))
+    (target / PREVIEWS_INDEX).write_text(json.dumps({"settings": settings, "files": made}))
+    return counts, sorted(missing)
+
+
+def _draft_px(entry: dict, px: int) -> int:
+    """The short side a preview needs: only its long side is ``px`` (JPEG draft then decodes
+    a 4000 x 3000 photo at 1/8 for a 384 px preview, not 1/4)."""
+    width, height = entry.get("width") or 0, entry.get("height") or 0
+    if width <= 0 or height <= 0:
+        return px
+    return max(1, -(-px * min(width, height) // max(width, height)))
+
+
+def _link_or_copy(source: Path, destination: Path) -> bool:
+    if source.is_symlink() or not source.is_file():
+        return False
+    try:
+        os.link(source, destination)
+    except OSError:
+        try:
+            shutil.copyfile(source, destination)
+        except OSError:
+            return False
+    return True
+
+
 class WebWriter:
-    """A folder with a zoomable page over a tile pyramid; no size limit."""
+    """A folder with a zoomable page over a tile pyramid; no size limit.
+
+    With ``embeddings`` (embeddings.npy) the page gets each photo's most similar photos
+    (``neighbours.js``); with ``preview_px`` a preview of each photo (``previews/``).
+    """
 
     name = "html"
 
-    def __init__(self, quality: int = 90):
+    def __init__(
+        self,
+        quality: int = 90,
+        *,
+        preview_px: int = 0,
+        embeddings: Path | None = None,
+        neighbours_cache: Path | None = None,
+        jobs: int = 1,
+        on_message=lambda text: None,
+    ):
         self.quality = quality
+        self.preview_px = preview_px
+        self.embeddings = embeddings
+        self.neighbours_cache = neighbours_cache
+        self.jobs = jobs
+        self.on_message = on_message
+        self.counts: dict = {}
 
     def check(self, width: int, height: int) -> None:
         """Any size works: the page loads only the tiles in view."""
@@ -162,11 +349,23 @@ class WebWriter:
             for strip in mosaic.strips(PYRAMID_TILE_PX):
                 pyramid.add(strip)
             pyramid.finish()
-            data = page_data(mosaic, folder, pyramid.levels)
+            order = photo_order(mosaic)
+            extra = {"preview_px": self.preview_px, "no_preview": [], "neighbours": None}
+            if self.preview_px:
+                old = folder / "previews" if (folder / MARKER).is_file() else None
+                self.counts["previews"], extra["no_preview"] = make_previews(
+                    mosaic.entries, order, building / "previews", old, self.preview_px, PREVIEW_QUALITY,
+                    self.jobs,
+                )  # fmt: skip
+            if self.embeddings is not None and self.embeddings.is_file() and order:
+                index, similarity = page_neighbours(self.embeddings, order, self.jobs, self.neighbours_cache)
+                write_neighbours(building / "neighbours.js", index, similarity)
+                extra["neighbours"] = "neighbours.js"
+            data = page_data(mosaic, folder, pyramid.levels, order, **extra)
             (building / "data.js").write_text(
                 "window.GRIDTSNE = " + json.dumps(data, separators=(",", ":")) + ";\n", encoding="utf-8"
             )
-            page = TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", folder.name)
+            page = TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", html.escape(folder.name))
             (building / "index.html").write_text(page, encoding="utf-8")
             os.chmod(building, 0o755)
             _replace_folder(building, folder)

@@ -1,5 +1,6 @@
 """The web page folder: the tile pyramid, the data the page reads, replacing it safely."""
 
+import base64
 import json
 import re
 import urllib.parse
@@ -46,6 +47,32 @@ def test_each_level_of_the_pyramid_is_the_whole_picture_at_its_size(tmp_path):
         assert difference < 12  # the same picture, give or take JPEG
 
 
+def photo_table(folder):
+    """Per photo of a page, in cell order: (cell, name, folder as shown, link, width, height)."""
+    data = page_data(folder)
+
+    def decode(name, dtype):
+        return np.frombuffer(base64.b64decode(data[name]), dtype=dtype)
+
+    cells, folders, sizes = decode("cell", "<i4"), decode("folder", "<i4"), decode("size", "<u4")
+    shown = [data["root"] + ("/" + f if f else "") for f in data["folders"]]
+    return [
+        {"cell": int(cells[p]), "name": data["names"][p], "folder": shown[folders[p]],
+         "link": data["folder_links"][folders[p]] + urllib.parse.quote(data["names"][p]),
+         "size": (int(sizes[2 * p]), int(sizes[2 * p + 1]))}
+        for p in range(data["count"])
+    ]  # fmt: skip
+
+
+def neighbours_of(folder):
+    text = (folder / "neighbours.js").read_text()
+    data = json.loads(re.fullmatch(r"window\.GRIDTSNE_NEIGHBOURS = (.*);\n", text, re.S)[1])
+    k = data["k"]
+    index = np.frombuffer(base64.b64decode(data["index"]), "<i4").reshape(-1, k)
+    similarity = np.frombuffer(base64.b64decode(data["similarity"]), "i1").reshape(-1, k) / 127
+    return index, similarity
+
+
 def test_the_page_folder_holds_the_page_its_data_and_tiles_and_links_each_cell_to_its_photo(
     cli, tmp_path, colour_photos
 ):
@@ -54,15 +81,79 @@ def test_the_page_folder_holds_the_page_its_data_and_tiles_and_links_each_cell_t
     assert result.exit_code == 0, result.stderr
     folder = tmp_path / "site" / "gallery"
     assert result.stdout.strip() == str(folder / "index.html")
-    assert {p.name for p in folder.iterdir()} == {"index.html", "data.js", "tiles", web.MARKER}
+    assert {p.name for p in folder.iterdir()} == {
+        "index.html", "data.js", "neighbours.js", "previews", "tiles", web.MARKER
+    }  # fmt: skip
     assert '<script src="data.js">' in (folder / "index.html").read_text()
     data = page_data(folder)
     assert (data["rows"], data["cols"], data["width"], data["height"]) == (3, 3, 300, 300)
     assert data["levels"] == [[150, 150], [300, 300]]
+    table = photo_table(folder)
+    assert [photo["cell"] for photo in table] == sorted(CELLS)  # in the order of their cells
+    by_cell = {photo["cell"]: photo for photo in table}
     for photo, cell in zip(colour_photos, CELLS, strict=True):
-        assert (folder / urllib.parse.unquote(data["photos"][cell])).resolve() == photo.resolve()
-    assert [data["photos"][cell] for cell in (1, 5, 7)] == [None] * 3
+        shown = by_cell[cell]
+        assert (folder / urllib.parse.unquote(shown["link"])).resolve() == photo.resolve()
+        assert (shown["name"], shown["folder"]) == (photo.name, "colours")
     assert [p.name for p in (tmp_path / "site").iterdir()] == ["gallery"]  # no temporary folders left
+
+
+def test_previews_are_the_photos_at_most_preview_px_long_and_the_next_render_reuses_them(
+    tmp_path, colour_photos
+):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=100)
+    render.run(work, options)
+    table = photo_table(tmp_path / "page")
+    for p, photo in enumerate(table):
+        with (
+            Image.open(tmp_path / "page" / "previews" / f"{p}.jpg") as preview,
+            Image.open(tmp_path / "colours" / photo["name"]) as original,
+        ):
+            assert preview.format == "JPEG"
+            expected = min(100, max(original.size))  # never enlarged
+            assert max(preview.size) == expected
+            assert abs(preview.width / preview.height - original.width / original.height) < 0.05
+    writer = web.WebWriter(preview_px=100)
+    mosaic = render.Mosaic(work.load_images()["images"], np.load(work.file("grid.npy")), 3, 3,
+                           tile_maker=render.tiles.Tiles(work.path, 16, "crop"))  # fmt: skip
+    writer.save(mosaic, tmp_path / "page.html")
+    assert writer.counts["previews"] == {"made": 0, "reused": 6, "unreadable": 0}
+    render.run(work, RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=0))
+    assert not (tmp_path / "page" / "previews").exists()
+    assert page_data(tmp_path / "page")["preview_px"] == 0
+
+
+def test_the_neighbours_file_holds_the_exact_12_most_similar_photos_of_each_in_page_order(tmp_path):
+    names = [f"p{i:02d}.png" for i in range(20)]
+    (tmp_path / "photos").mkdir()
+    for i, name in enumerate(names):
+        Image.new("RGB", (8, 8), (i * 12, 0, 0)).save(tmp_path / "photos" / name)
+    cells = np.random.default_rng(3).permutation(20)
+    work = layout_workdir(tmp_path / "work", [tmp_path / "photos" / n for n in names], cells, 4, 5)
+    vectors = np.random.default_rng(4).normal(size=(20, 7)).astype(np.float32)
+    np.save(work.file("embeddings.npy"), vectors)
+    render.run(work, RenderOptions(output=str(tmp_path / "page.html"), tile=8, preview=0))
+    table = photo_table(tmp_path / "page")
+    index, similarity = neighbours_of(tmp_path / "page")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    np.fill_diagonal(exact, -np.inf)
+    for p, photo in enumerate(table):
+        image = names.index(photo["name"])
+        expected = np.argsort(-exact[image], kind="stable")[:12]
+        assert [table[q]["name"] for q in index[p]] == [names[i] for i in expected]
+        assert np.allclose(similarity[p], exact[image, expected], atol=0.01)
+    assert (work.path / web.NEIGHBOURS_CACHE).is_file()
+
+
+def test_a_page_holds_no_absolute_path_of_this_machine(tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    render.run(work, RenderOptions(output=str(tmp_path / "site" / "page.html"), tile=16))
+    for path in (tmp_path / "site" / "page").rglob("*"):
+        if path.is_file() and path.suffix in (".js", ".html", ".json"):
+            text = path.read_text()
+            assert str(tmp_path) not in text and "/tmp" not in text, path
 
 
 def test_a_new_render_replaces_the_page_but_never_a_folder_it_did_not_write(cli, tmp_path, colour_photos):

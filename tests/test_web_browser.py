@@ -82,3 +82,171 @@ def test_the_page_shows_the_mosaic_and_names_and_opens_the_photo_under_the_point
         colours = {pixel for _, pixel in shot.convert("RGB").getcolors(1 << 20)}
     assert any(b > 200 and r < 60 and g < 60 for r, g, b in colours)
     assert any(r > 200 and g > 200 and b < 60 for r, g, b in colours)
+
+
+def explore(job: dict) -> dict:
+    result = subprocess.run(
+        ["node", str(BROWSER_TEST / "explore_page.mjs"), json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"CHROMIUM": CHROMIUM},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+#: Names a page must show as text: markup, quotes, a link scheme, a right-to-left override, 4,000 characters.
+HOSTILE = [
+    "<script>window.pwned=true</script>.png",
+    '<img src=x onerror="window.pwned=true">.png',
+    'quote\'s "double" & amp;.png',
+    "javascript:window.pwned=true.png",
+    "\u202egnp.exe.png",
+]
+LONG_NAME = "x" * 3996 + ".png"  # no file system takes it: the photo is listed, its file is unreadable
+
+
+def exploring_workdir(tmp_path):
+    """A 5 x 6 grid of 29 photos in two folders (one cell empty), hostile names among them,
+    random 16-d embeddings; returns the work directory and, per image, (path, cell, shown path)."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from gridtsne import assign
+    from gridtsne.workdir import COORDS, EMBEDDINGS, IMAGES, Workdir, save_json, save_npy
+
+    rng = np.random.default_rng(17)
+    root = tmp_path / "photos"
+    names = [("animals", f"animal {i:02d}.png") for i in range(12)] + [("animals", "zebra crossing.png")]
+    names += [("things/red", f"red thing {i}.png") for i in range(10)] + [("things/red", n) for n in HOSTILE]
+    entries, shown = [], []
+    for index, (folder, name) in enumerate(names):
+        path = root / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40 + index, 30), tuple(int(v) for v in rng.integers(0, 255, 3))).save(path)
+        entries.append({"path": str(path), "bytes": path.stat().st_size, "width": 40 + index, "height": 30,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})  # fmt: skip
+        shown.append(f"photos/{folder}/{name}")
+    entries.append({"path": str(root / "animals" / LONG_NAME), "bytes": 0, "sha256": "0" * 64,
+                    "width": 0, "height": 0})  # fmt: skip
+    shown.append(f"photos/animals/{LONG_NAME}")
+    rows, cols = 5, 6
+    cells = rng.permutation(rows * cols)[: len(entries)]
+    work = Workdir(tmp_path / "work")
+    work.path.mkdir()
+    save_json(work.file(IMAGES), {"images": entries, "skipped": []})
+    save_npy(work.file(COORDS), rng.random((len(entries), 2)).astype(np.float32))
+    vectors = rng.normal(size=(len(entries), 16)).astype(np.float32)
+    save_npy(work.file(EMBEDDINGS), vectors)
+    assign.save_grid(work, cells.astype(np.int32), rows, cols)
+    return work, [(e["path"], int(c), s) for e, c, s in zip(entries, cells, shown, strict=True)], vectors
+
+
+def test_using_the_page_search_details_similar_keys_selection_and_links(tmp_path, browser):
+    import numpy as np
+
+    from gridtsne import render
+    from gridtsne.options import RenderOptions
+
+    work, photos, vectors = exploring_workdir(tmp_path)
+    render.run(work, RenderOptions(output=str(tmp_path / "page.html"), tile=64, preview=128))
+    at_cell = {cell: shown for _, cell, shown in photos}
+    cell_of = {shown: cell for _, cell, shown in photos}
+    rows, cols = 5, 6
+    empty = [cell for cell in range(rows * cols) if cell not in at_cell]
+    hostile = [cell_of[f"photos/things/red/{name}"] for name in HOSTILE] + [cell_of[photos[-1][2]]]
+    zebra = cell_of["photos/animals/zebra crossing.png"]
+    # the keys walk from the photo before the empty cell, over it
+    start = empty[0] - 1 if empty[0] % cols else empty[0] + 1
+    lasso = [[1.2, 1.2], [5.8, 1.3], [1.3, 4.8]]  # a triangle, clear of the search bar
+    job = {
+        "page": str(tmp_path / "page" / "index.html"), "hostile": hostile, "search": "ZEBRA",
+        "multiSearch": ["red thing", "thing 3", "animal red"], "similarOf": [zebra, hostile[0]],
+        "keyStart": start, "keys": ["ArrowRight", "ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp"],
+        "rectangle": [1 * cols + 1, 3 * cols + 4], "lasso": lasso,
+        "link": {"open": zebra, "then": cell_of["photos/animals/animal 03.png"]},
+    }  # fmt: skip
+    report = explore(job)
+    assert report["errors"] == [] and report["requests"] == []  # nothing from the network
+
+    # Hostile names are text: shown as they are, no element made, no script run.
+    for seen, cell in zip(report["hostile"], hostile, strict=True):
+        name = at_cell[cell].rsplit("/", 1)[1]
+        assert seen["label"] == name and seen["panel"] == name and seen["elements"] == 0
+        assert seen["link"].startswith("file://")  # never a javascript: link
+    assert sorted(report["scripts"], key=str) == [None, "data.js", "neighbours.js"] and not report["pwned"]
+
+    # Search: "/" focuses it, case-insensitive, all words must match; Enter flies to the match.
+    assert report["searchFocused"] and report["searchCount"] == "1 match"
+    assert report["search"]["opened"] == {"cell": zebra, "path": "photos/animals/zebra crossing.png"}
+    assert report["search"]["cellPxAfter"] > report["search"]["cellPxBefore"]
+    spot = report["search"]["onScreenAt"]
+    assert abs(spot["x"] - (1000 - 360) / 2) < 2 and abs(spot["y"] - 350) < 2  # centred beside the panel
+    assert [s["matches"] for s in report["searchMulti"]] == [15, 1, 0]  # folders match too: things/red
+
+    # More like this: numpy's exact top 12 by cosine, with their similarity; a click opens the first.
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = unit.astype(np.float64) @ unit.T
+    np.fill_diagonal(exact, -np.inf)
+    shown_of = [shown for _, _, shown in photos]
+    for seen in report["similar"]:
+        image = shown_of.index(at_cell[seen["cell"]])
+        expected = np.argsort(-exact[image], kind="stable")[:12]
+        assert [n["path"] for n in seen["near"]] == [shown_of[i] for i in expected]
+        assert np.allclose([n["similarity"] for n in seen["near"]], exact[image, expected], atol=0.01)
+        assert seen["shown"] == [shown_of[i].rsplit("/", 1)[1] for i in expected]
+    assert report["similarClicked"]["path"] == report["similar"][-1]["near"][0]["path"]
+
+    # Keyboard: each arrow moves to the next photo that way on the grid, over empty cells.
+    def walk(cell, key):
+        row, col = divmod(cell, cols)
+        d_row, d_col = {"ArrowRight": (0, 1), "ArrowLeft": (0, -1), "ArrowDown": (1, 0), "ArrowUp": (-1, 0)}[
+            key
+        ]
+        while True:
+            row, col = row + d_row, col + d_col
+            if not (0 <= row < rows and 0 <= col < cols):
+                return cell
+            if row * cols + col in at_cell:
+                return row * cols + col
+
+    expected_cells, cell = [], start
+    for key in job["keys"]:
+        cell = walk(cell, key)
+        expected_cells.append(cell)
+    assert report["keys"] == expected_cells and report["closedByEscape"]
+
+    # Rectangle: exactly the photos of rows 1-3, columns 1-4, in cell order, as .txt and .csv.
+    inside = [at_cell[c] for c in sorted(at_cell) if 1 <= c // cols <= 3 and 1 <= c % cols <= 4]
+    rectangle = report["rectangle"]
+    assert rectangle["selected"] == inside and rectangle["count"] == f"{len(inside)} selected"
+    assert rectangle["txt"]["name"] == "selection.txt" and rectangle["txt"]["text"].splitlines() == inside
+    csv_rows = list(__import__("csv").reader(rectangle["csv"]["text"].splitlines()))
+    assert csv_rows[0] == ["path", "row", "col", "folder"]
+    assert csv_rows[1:] == [
+        [p, str(cell_of[p] // cols), str(cell_of[p] % cols), p.rsplit("/", 1)[0]] for p in inside
+    ]
+
+    # Lasso: the photos whose cell centre is inside the triangle.
+    def in_triangle(x, y):
+        (x1, y1), (x2, y2), (x3, y3) = lasso
+        d1 = (x - x2) * (y1 - y2) - (x1 - x2) * (y - y2)
+        d2 = (x - x3) * (y2 - y3) - (x2 - x3) * (y - y3)
+        d3 = (x - x1) * (y3 - y1) - (x3 - x1) * (y - y1)
+        return not ((d1 < 0 or d2 < 0 or d3 < 0) and (d1 > 0 or d2 > 0 or d3 > 0))
+
+    lassoed = [at_cell[c] for c in sorted(at_cell) if in_triangle(c % cols + 0.5, c // cols + 0.5)]
+    assert report["lasso"]["selected"] == lassoed and report["lasso"]["txt"]["text"].splitlines() == lassoed
+
+    # Deep link: the same view, photo, search and selection; back and forward.
+    link = report["link"]
+    assert link["there"]["opened"] == link["here"]["opened"] == {"cell": zebra, "path": at_cell[zebra]}
+    assert np.allclose(link["there"]["centre"], link["here"]["centre"], atol=0.02)
+    assert abs(link["there"]["cellPx"] - link["here"]["cellPx"]) < 0.02 * link["here"]["cellPx"]
+    assert link["there"]["matches"] == 1 and link["searchBox"] == "ZEBRA"
+    assert link["there"]["selected"] == link["here"]["selected"] == lassoed
+    assert link["panelName"] == "zebra crossing.png"
+    assert link["back"]["cell"] == zebra and link["forward"]["cell"] == job["link"]["then"]

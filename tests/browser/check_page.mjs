@@ -1,7 +1,8 @@
 // Opens a gridtsne web page from the file system in headless Chromium and reports what a user would see.
 //   node check_page.mjs '{"page": "/abs/index.html", "cells": [3, 7], "screenshot": "/abs/shot.png"}'
 // Optional: "zoomSteps": press + that often first; "pointAt": the cell to hover for the screenshot.
-// Prints one JSON object: console errors, the label shown on hovering each cell, the URL a click opens.
+// Prints one JSON object: console errors, the label shown on hovering each cell, the link to the original
+// in the details panel that a click opens.
 import { chromium } from "playwright-core";
 
 const job = JSON.parse(process.argv[2]);
@@ -36,9 +37,10 @@ try {
   }
   if (job.cells.length) {
     const at = await page.evaluate((c) => window.gridtsneView.cellCentre(c), job.cells[0]);
-    const [popup] = await Promise.all([page.waitForEvent("popup", { timeout: 5000 }),
-                                       page.mouse.click(at.x, at.y)]);
-    report.opened = popup.url();
+    await page.mouse.click(at.x, at.y);  // opens the details panel, whose link goes to the original
+    await page.waitForSelector("#panel.open", { timeout: 5000 });
+    report.opened = await page.evaluate(() => document.getElementById("p-open").href);
+    report.panelName = await page.textContent("#p-name");
     await page.mouse.move(2, 2);
   }
   if (job.pointAt !== undefined) {
