@@ -360,7 +360,7 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         outcome = (FAILED, "out of memory: try a smaller tile or fewer photos", None)
     except Exception as error:
-        if disk_full(error):
+        if disk_full(error, config.data):
             outcome = (FAILED, f"the disk of the server's --data is full ({error}): the job stopped; "
                        "retry it later, when the server's retention has made room", None)  # fmt: skip
         else:
@@ -377,14 +377,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def disk_full(error: BaseException) -> bool:
-    """Whether an error is a full disk or quota, as the OS or SQLite reports it."""
+#: Below this many free bytes on the disk of --data, a write that failed is taken for a full disk.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_full(error: BaseException, folder: Path | None = None) -> bool:
+    """Whether an error is a full disk or quota, as the OS or SQLite reports it; or, with
+    ``folder``, any OSError while its disk is nearly full (numpy reports a short write as
+    "10240 requested and 5088 written", without an errno)."""
     import errno
     import sqlite3
 
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
+    if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
+        return True
+    if isinstance(error, OSError) and folder is not None:
+        try:
+            return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+        except OSError:
+            return False
+    return False
 
 
 if __name__ == "__main__":
