@@ -188,6 +188,19 @@ def real_vectors(paths: list[str], n_points: int) -> tuple[np.ndarray, str]:
     return derived_vectors(pool, n_points), f"derived: {len(pool)} real + {n_points - len(pool)} interpolated"
 
 
+def prepare(n_points: int, path: str, real: list[str]) -> None:
+    """Write the N vectors to ``path`` and print how they were made."""
+    if real:
+        vectors, source = real_vectors(real, n_points)
+    else:
+        sys.path.insert(0, str(HERE))
+        from datasets import mixture
+
+        vectors, source = mixture(n_points), "synthetic mixture"
+    np.save(path, vectors)
+    print(json.dumps({"source": source}))
+
+
 def run_child(*arguments, pythonpath: str | None = None) -> dict:
     env = None
     if pythonpath:
@@ -208,11 +221,14 @@ def main():
     parser.add_argument("--compare-with", metavar="DIR", help="add 'before': gridtsne imported from DIR")
     parser.add_argument("--child", nargs=2, metavar=("NPY", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--stages-child", metavar="NPY", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
     if args.stages_child:
         return stages_child(args.stages_child)
+    if args.prepare:
+        return prepare(int(args.prepare[0]), args.prepare[1], args.prepare[2:])
     methods = args.methods or (
         ["gridtsne", "opentsne", "flas"] if args.real else ["gridtsne", "recipe", "flas"]
     )
@@ -221,15 +237,9 @@ def main():
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "embeddings.npy"
-            if args.real:
-                vectors, source = real_vectors(args.real, n)
-            else:
-                sys.path.insert(0, str(HERE))
-                from datasets import mixture
-
-                vectors, source = mixture(n), "synthetic mixture"
-            np.save(path, vectors)
-            del vectors
+            # Made in a child of its own: a child's ru_maxrss starts from its parent's peak
+            # (Linux carries it over exec), so this process must stay small.
+            source = run_child("--prepare", str(n), str(path), *(args.real or []))["source"]
             if args.stages:
                 steps = run_child("--stages-child", str(path))
                 print(f"N = {n:,} ({source}), gridtsne step by step:", flush=True)
