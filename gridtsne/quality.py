@@ -86,15 +86,30 @@ def _expected_grid_order(
 
 
 def _favourable_grid_order(
-    grid_distance: np.ndarray, embedding_distance: np.ndarray, k: int
+    ring: np.ndarray, by_embedding: np.ndarray, embedding_distance: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """As above, but within a ring the nearest in the embedding come first (the authors' code)."""
-    by_embedding = np.argsort(embedding_distance)
-    order = by_embedding[np.argsort(grid_distance[by_embedding], kind="stable")]
-    order = order[grid_distance[order] > 0]
+    """As above, but within a ring the nearest in the embedding come first (the authors' code).
+
+    ``by_embedding`` is the query's images nearest first in the embedding, ``ring`` each
+    image's ring rank (``_ring_ranks``): a stable sort of the ranks in that order is the
+    grid order, nearest first within a ring, and a radix sort when the ranks fit 16 bits.
+    """
+    order = by_embedding[np.argsort(ring[by_embedding], kind="stable")][1:]  # the query first: dropped
     weight = np.zeros(len(embedding_distance))
     weight[order[:k]] = 1.0
     return embedding_distance[order], weight
+
+
+def _ring_ranks(cells: np.ndarray) -> np.ndarray:
+    """Rank of every squared grid distance that occurs on the grid (0 for 0, 1 for 1, 2 for 2,
+    3 for 4, ...), by squared distance: the rings in order, in the smallest integer type."""
+    extent = cells.max(axis=0).astype(np.int64) + 1
+    d_row, d_col = np.meshgrid(np.arange(extent[0]), np.arange(extent[1]), indexing="ij")
+    occurring = np.unique(d_row**2 + d_col**2)
+    dtype = np.uint16 if len(occurring) <= 1 << 16 else np.int64
+    ranks = np.zeros(int(occurring[-1]) + 1, dtype=dtype)
+    ranks[occurring] = np.arange(len(occurring))
+    return ranks
 
 
 def _nearest_weights(nearest: np.ndarray, neighbours: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +167,8 @@ def layout_quality(
         queries = np.arange(n_points)
     k = min(k, n_points - 1)
     point_sq = (points**2).sum(axis=1)
-    cell_sq = (cells**2).sum(axis=1)
+    grid_cells = cells.astype(np.int64)
+    ring_rank = _ring_ranks(grid_cells)
     sum_by_k_embedding = np.zeros(n_points - 1)
     sum_by_k_grid = np.zeros(n_points - 1)
     sum_by_k_authors = np.zeros(n_points - 1)
@@ -162,15 +178,20 @@ def layout_quality(
     for start in range(0, len(queries), chunk):
         index = queries[start : start + chunk]
         embedding_distance = _distances(points[index], points, point_sq)
-        grid_distance = np.rint(_distances(cells[index], cells, cell_sq) ** 2).astype(np.int64)
+        # Squared grid distances, exact in integers.
+        grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
+        grid_distance += (grid_cells[index, None, 1] - grid_cells[None, :, 1]) ** 2
+        by_embedding = np.argsort(embedding_distance, axis=1)
         # Self (distance 0) comes first and is dropped.
-        nearest = np.sort(embedding_distance, axis=1)[:, 1:]
+        nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
         sum_by_k_embedding += (np.cumsum(nearest, axis=1) / ranks).sum(axis=0)
         sum_random += nearest.sum() / (n_points - 1)
         closest = min(n_points, k + 1 + _TIE_MARGIN)
         candidates = np.argpartition(embedding_distance, closest - 1, axis=1)[:, :closest]
         for row, embedding_row in enumerate(embedding_distance):
-            authors_order, authors_weight = _favourable_grid_order(grid_distance[row], embedding_row, k)
+            authors_order, authors_weight = _favourable_grid_order(
+                ring_rank[grid_distance[row]], by_embedding[row], embedding_row, k
+            )
             sum_by_k_authors += np.cumsum(authors_order) / ranks
             if ties == "expected":
                 along_grid, grid_weight = _expected_grid_order(grid_distance[row], embedding_row, k)

@@ -155,8 +155,22 @@ _BESIDE = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Sum over the last axis of ``weights`` times ``values`` sorted ascending, the missing left out."""
-    ordered = np.sort(np.where(missing, np.inf, values), axis=-1)
-    return (np.where(np.isfinite(ordered), ordered, 0.0) * weights).sum(axis=-1)
+    ordered = np.where(missing, np.inf, values)
+    if ordered.shape[-1] != 4:
+        ordered = np.sort(ordered, axis=-1)
+        return (np.where(np.isfinite(ordered), ordered, 0.0) * weights).sum(axis=-1)
+    # The four cells beside: a sorting network, elementwise, is several times faster than
+    # sorting rows of four, and the sum in the same order gives the same number.
+    a, b, c, d = (ordered[..., i] for i in range(4))
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    c, d = np.minimum(c, d), np.maximum(c, d)
+    a, c = np.minimum(a, c), np.maximum(a, c)
+    b, d = np.minimum(b, d), np.maximum(b, d)
+    b, c = np.minimum(b, c), np.maximum(b, c)
+    total = np.zeros(a.shape)
+    for value, weight in zip((a, b, c, d), weights, strict=True):
+        total += np.where(np.isfinite(value), value, 0.0) * weight
+    return total
 
 
 def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
