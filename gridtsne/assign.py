@@ -339,7 +339,10 @@ def layout(
         if room:
             movable = np.zeros(rows * cols, dtype=bool)
             movable[cell_of_image[placed]] = True
-        cell_of_image = refine.refine_layout(vectors, cell_of_image, rows, cols, movable=movable)
+        cell_of_image = refine.refine_layout(
+            vectors, cell_of_image, rows, cols, movable=movable,
+            on_progress=lambda done: on_progress(0.3 + 0.6 * done),
+        )  # fmt: skip
     on_progress(0.9)
     everyone = len(placed) == len(vectors)  # then no copy of N x D to measure them
     after = quality.layout_quality(vectors if everyone else vectors[placed], cell_of_image[placed], cols)

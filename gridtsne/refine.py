@@ -352,11 +352,13 @@ def refine_layout(
     seed: int = SEED,
     starts: int | None = None,
     movable: np.ndarray | None = None,
+    on_progress=lambda fraction: None,
 ) -> np.ndarray:
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
     seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept. With ``movable``
     (a bool per cell) only the images in those cells move: an update refines around what
-    changed and leaves the rest of the map as the user knows it."""
+    changed and leaves the rest of the map as the user knows it. ``on_progress(fraction)`` is
+    told as each start ends."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
     if n_placed < 2:
@@ -366,9 +368,11 @@ def refine_layout(
     # Every image placed (the usual case): no copy of N x D to pick them out.
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
     best_cost, best = np.inf, cell_of_image
-    for start in range(starts_for(n_placed) if starts is None else starts):
+    total = starts_for(n_placed) if starts is None else starts
+    for start in range(total):
         cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start, movable=movable)
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
+        on_progress((start + 1) / total)
     return best.astype(np.int32)
