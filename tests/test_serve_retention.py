@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -80,8 +82,6 @@ def test_over_the_size_limit_the_least_recently_finished_go_first(setup):
     ids = [make_job(queue, config, SUCCEEDED, megabytes=2) for _ in range(5)]  # finished in this order
     running = make_job(queue, config, RUNNING, megabytes=2)
     small = ServeConfig(root=config.root, data=config.data, keep_days=7, max_data_bytes=7 * 10**6)
-    just_now = Retention(small, queue, log=lambda text: None).run()
-    assert just_now["jobs"] == 0  # finished moments ago: their clients may not have fetched them yet
     report = Retention(small, queue, log=lambda text: None).run(now=time.time() + 600)
     kept = [job_id for job_id in ids if queue.get(job_id) is not None]
     assert kept == ids[len(ids) - len(kept) :] and 0 < len(kept) < 3  # the newest ones
@@ -89,6 +89,21 @@ def test_over_the_size_limit_the_least_recently_finished_go_first(setup):
     assert report["freed_bytes"] >= 6 * 10**6
     assert config.job_folder(running).exists()
     assert "--data was full" in queue.expired(ids[0])["why"]
+
+
+def test_the_limit_holds_even_for_jobs_that_just_finished_older_first(setup):
+    """The grace only orders what goes: a burst of jobs cannot take --data past its limit."""
+    config, queue, _ = setup
+    settled = make_job(queue, config, SUCCEEDED, megabytes=2)
+    with sqlite3.connect(config.database) as db:  # it finished ten minutes ago
+        db.execute("UPDATE jobs SET updated_at = updated_at - 600 WHERE id = ?", (settled,))
+    recent = [make_job(queue, config, SUCCEEDED, megabytes=2) for _ in range(4)]
+    small = ServeConfig(root=config.root, data=config.data, keep_days=7, max_data_bytes=5 * 10**6)
+    Retention(small, queue, log=lambda text: None).run()
+    assert queue.get(settled) is None
+    kept = [job_id for job_id in recent if queue.get(job_id) is not None]
+    assert kept == recent[len(recent) - len(kept) :] and len(kept) == 2
+    assert disk_bytes(config.data) <= 5 * 10**6
 
 
 @pytest.fixture
@@ -169,4 +184,28 @@ def test_a_full_data_disk_fails_the_job_that_hit_it_and_the_server_carries_on(ro
         assert again["state"] == "succeeded", again
     finally:
         server.stop()
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_a_write_on_a_full_disk_prunes_first_rather_than_fail(tmp_path):
+    """make_room, called before each upload and submit, frees finished results when the disk is full."""
+    data = tmp_path / "data"
+    mount_tmpfs(data, 12)
+    try:
+        config = ServeConfig(root=tmp_path, data=data, keep_days=7, max_data_bytes=10**12)
+        config.make_folders()
+        queue = SqliteQueue(config.database)
+        old = [make_job(queue, config, SUCCEEDED, megabytes=3) for _ in range(2)]
+        running = make_job(queue, config, RUNNING, megabytes=1)
+        with open(data / "filler", "wb") as handle:  # another program fills the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+        assert shutil.disk_usage(data).free < 10**5
+        Retention(config, queue, log=lambda text: None).make_room(10**6)
+        assert shutil.disk_usage(data).free >= 10**6
+        assert queue.get(old[0]) is None and "--data was full" in queue.expired(old[0])["why"]
+        assert config.job_folder(running).exists()
+    finally:
         subprocess.run(["umount", "-l", str(data)], capture_output=True)

@@ -69,6 +69,8 @@ ERROR_STATUS = {
     500: (11000, "Internal error"),
     507: (11008, "Disk full"),
 }
+#: Free bytes a submit wants on --data's disk beyond its reserve before it prunes at once.
+ROOM_FOR_A_JOB = 1 << 20
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 #: Paths served without a token: the OpenAPI page and its schema say nothing secret.
 OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
@@ -323,6 +325,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise Refused(
                 400, "Idempotency-Key must be 1 to 200 printable ASCII characters", "Idempotency-Key"
             )
+        state["retention"].make_room(ROOM_FOR_A_JOB)
         try:
             with disk_room(), state["retention"].lock:  # what it names is not pruned before its job is queued
                 resolved = resolve_request(body)
@@ -439,6 +442,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         uploads = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
         if not uploads:
             raise Refused(400, "the request holds no file")
+        needed = int(declared) if declared is not None and declared.isdigit() else limit
+        await run_in_threadpool(state["retention"].make_room, needed)
         staging = config.inputs / ".incoming"
         staging.mkdir(parents=True, exist_ok=True)
         kept: list[tuple[str, Path, str, int]] = []
@@ -449,6 +454,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             for _, temporary, _, _ in kept:
                 temporary.unlink(missing_ok=True)
             await form.close()
+        state["retention"].wake()  # --data grew: keep it within its limit between job ends too
         return JSONResponse({"status": OK, "inputs": answers}, status_code=201)
 
     async def _receive(uploads, staging: Path, limit: int, kept: list) -> list[dict]:

@@ -8,8 +8,9 @@ embedding cache would fill the disk. Every pass, in order:
 2. uploads older than ``keep_days`` that no queued or running job names go;
 3. while --data holds more than ``max_data_bytes`` (or its disk is nearly
    full): the least recently finished job or the oldest unused upload,
-   whichever is older, goes (none of the last ``GRACE_SECONDS``); then the
-   least recently used vectors of the embedding cache.
+   whichever is older, goes; first those older than ``GRACE_SECONDS``, then
+   the least recently used vectors of the embedding cache, and only then the
+   most recent jobs and uploads, so that the limit holds.
 
 Nothing a queued or running job needs is touched: its own folder, the uploads
 it names, the job it continues from. A submit and a pass never interleave
@@ -33,8 +34,10 @@ from gridtsne.serve.jobs import Queue
 
 #: Seconds between two passes while the server runs (also one after each finished job).
 EVERY_SECONDS = 60.0
-#: A job that finished, or an upload made, this recently is not removed for room: its client
-#: has yet to fetch the result, or to name the upload in a job.
+#: Passes are at least this far apart, however often they are woken.
+MIN_SECONDS = 1.0
+#: A job that finished, or an upload made, this recently is removed for room only when nothing
+#: older is left: its client may have yet to fetch the result, or to name the upload in a job.
 GRACE_SECONDS = 120.0
 #: An upload still being received is left alone this long.
 INCOMING_GRACE_SECONDS = 3600.0
@@ -85,6 +88,7 @@ class Retention:
                     traceback.print_exc()
             self._wake.wait(EVERY_SECONDS)
             self._wake.clear()
+            time.sleep(MIN_SECONDS)
 
     def expires_at(self, finished_at: float) -> float:
         """When a job that finished at ``finished_at`` expires by age (sooner if --data fills up)."""
@@ -119,31 +123,58 @@ class Retention:
         used = disk_bytes(config.data)
         limit = self.limit(used)
         if used > limit:
-            # Oldest first, jobs and uploads together; none that a client may be about to fetch or name.
+            # Oldest first, jobs and uploads together; first those a client has had time to fetch
+            # or name, then cached vectors, and only then the most recent: the limit is a bound.
             grace = now - GRACE_SECONDS
-            old_jobs = [(job.updated_at, "job", job.id) for job in finished if job.updated_at < grace]
-            candidates = sorted(old_jobs + [(when, "upload", path) for path, when in uploads if when < grace])
-            for _, kind, what in candidates:
-                if used <= limit:
-                    break
-                before = report["freed_bytes"]
-                if kind == "job":
-                    self._expire_job(what, "--data was full (--max-data-gb, or its disk)", report)
-                else:
-                    self._remove_upload(what, report)
-                used -= report["freed_bytes"] - before
+            candidates = sorted(
+                [(job.updated_at, "job", job.id) for job in finished]
+                + [(when, "upload", path) for path, when in uploads]
+            )
+            settled = [item for item in candidates if item[0] < grace]
+            recent = [item for item in candidates if item[0] >= grace]
+            used = self._remove_oldest(settled, used, limit, report)
             if used > limit:
                 cache_bytes = disk_bytes(config.cache)
                 budget = max(0, cache_bytes - (used - limit))
                 for pruned in embedding_cache.prune(config.cache, max_bytes=budget):
                     report["vectors"] += pruned["removed"]
                     report["freed_bytes"] += pruned["freed_bytes"]
+                    used -= pruned["freed_bytes"]
+            used = self._remove_oldest(recent, used, limit, report)
         if report["jobs"] or report["uploads"] or report["vectors"]:
             self.log(
                 f"gridtsne serve: retention removed {report['jobs']} job(s), {report['uploads']} upload(s), "
                 f"{report['vectors']} cached vector(s); freed {report['freed_bytes'] / 1e6:.1f} MB"
             )
         return report
+
+    def _remove_oldest(self, candidates: list, used: int, limit: int, report: dict) -> int:
+        """Remove jobs and uploads, oldest first, until ``used`` is within ``limit``; the new ``used``."""
+        for _, kind, what in candidates:
+            if used <= limit:
+                break
+            before = report["freed_bytes"]
+            if kind == "job":
+                self._expire_job(what, "--data was full (--max-data-gb, or its disk)", report)
+            else:
+                self._remove_upload(what, report)
+            used -= report["freed_bytes"] - before
+        return used
+
+    def make_room(self, needed: int) -> None:
+        """Before a write of ``needed`` bytes: if the disk would keep less than its reserve free,
+        prune now rather than answer 507 and wait for the next pass."""
+        try:
+            disk = shutil.disk_usage(self.config.data)
+        except OSError:
+            return
+        if disk.free - needed < self.reserve(disk.total):
+            self.run()
+
+    @staticmethod
+    def reserve(total: int) -> int:
+        """Bytes the disk of --data keeps free: a tenth, at most 1 GB."""
+        return min(10**9, total // 10)
 
     def limit(self, used: int) -> int:
         """Bytes --data may hold: --max-data-gb, or less when its disk would keep under a tenth
@@ -152,13 +183,21 @@ class Retention:
             disk = shutil.disk_usage(self.config.data)
         except OSError:
             return self.config.max_data_bytes
-        reserve = min(10**9, disk.total // 10)
-        return min(self.config.max_data_bytes, max(0, used + disk.free - reserve))
+        return min(self.config.max_data_bytes, max(0, used + disk.free - self.reserve(disk.total)))
 
     def _expire_job(self, job_id: str, why: str, report: dict) -> None:
         folder = self.config.job_folder(job_id)
         size = disk_bytes(folder)
-        if self.queue.expire(job_id, why):
+        try:
+            expired = self.queue.expire(job_id, why)
+        except sqlite3.OperationalError as error:
+            if "full" not in str(error):
+                raise
+            # The database cannot even note the expiry on a full disk: the finished job's files go
+            # first to make room (a poll between the two finds the job without its files).
+            shutil.rmtree(folder, ignore_errors=True)
+            expired = self.queue.expire(job_id, why)
+        if expired:
             shutil.rmtree(folder, ignore_errors=True)
             report["jobs"] += 1
             report["freed_bytes"] += size
