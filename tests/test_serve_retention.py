@@ -98,9 +98,10 @@ def test_the_limit_holds_even_for_jobs_that_just_finished_older_first(setup):
     with sqlite3.connect(config.database) as db:  # it finished ten minutes ago
         db.execute("UPDATE jobs SET updated_at = updated_at - 600 WHERE id = ?", (settled,))
     recent = [make_job(queue, config, SUCCEEDED, megabytes=2) for _ in range(4)]
+    just_uploaded = upload(config, "d" * 64)  # its client is about to name it in a job
     small = ServeConfig(root=config.root, data=config.data, keep_days=7, max_data_bytes=5 * 10**6)
     Retention(small, queue, log=lambda text: None).run()
-    assert queue.get(settled) is None
+    assert queue.get(settled) is None and just_uploaded.exists()
     kept = [job_id for job_id in recent if queue.get(job_id) is not None]
     assert kept == recent[len(recent) - len(kept) :] and len(kept) == 2
     assert disk_bytes(config.data) <= 5 * 10**6

@@ -129,7 +129,7 @@ def job_output(job: Job, base: str, expires_at: float | None = None) -> dict:
     if expires_at is not None and job.state in FINISHED:
         output["expires_at"] = iso(expires_at)
     if job.state == RUNNING:
-        output["percent_completed"] = round(job.percent)
+        output["percent_completed"] = round(job.percent, 1)  # a tenth: a large job moves often
         output["stage"] = job.stage
     if job.state in (FAILED, CANCELLED):
         output["status"]["details"] = job.error

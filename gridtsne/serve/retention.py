@@ -10,7 +10,8 @@ embedding cache would fill the disk. Every pass, in order:
    full): the least recently finished job or the oldest unused upload,
    whichever is older, goes; first those older than ``GRACE_SECONDS``, then
    the least recently used vectors of the embedding cache, and only then the
-   most recent jobs and uploads, so that the limit holds.
+   most recent jobs, so that the limit holds (a recent upload stays: its
+   client is about to name it in a job).
 
 Nothing a queued or running job needs is touched: its own folder, the uploads
 it names, the job it continues from. A submit and a pass never interleave
@@ -131,7 +132,8 @@ class Retention:
                 + [(when, "upload", path) for path, when in uploads]
             )
             settled = [item for item in candidates if item[0] < grace]
-            recent = [item for item in candidates if item[0] >= grace]
+            # A recent upload stays: its client is about to name it in a job (uploads are small).
+            recent = [item for item in candidates if item[0] >= grace and item[1] == "job"]
             used = self._remove_oldest(settled, used, limit, report)
             if used > limit:
                 cache_bytes = disk_bytes(config.cache)
