@@ -119,8 +119,10 @@ def tsne_2d(
 
 def _prepared(embeddings: np.ndarray, pca_dims: int) -> np.ndarray:
     """What t-SNE sees: unit rows (cosine geometry) on their first ``pca_dims`` components."""
-    x = normalise(np.array(embeddings, dtype=np.float64), copy=False)  # one float64 copy, not two
-    return pca(x, pca_dims) if x.shape[1] > pca_dims else x
+    if np.shape(embeddings)[1] <= pca_dims:
+        return normalise(np.array(embeddings, dtype=np.float64), copy=False)
+    # Chunk by chunk: no float64 copy of N x D (10 GB at a million 1,280-d vectors).
+    return pca(embeddings, pca_dims, unit_rows=True)
 
 
 def _checked_perplexity(settings: dict, n_points: int) -> float:

@@ -21,30 +21,35 @@ def normalise(embeddings: np.ndarray, *, copy: bool = True) -> np.ndarray:
 PCA_CHUNK_ROWS = 8192
 
 
-def pca(x: np.ndarray, dims: int) -> np.ndarray:
-    """The first ``dims`` principal components of x (N x D), signs fixed for determinism.
+def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False) -> np.ndarray:
+    """The first ``dims`` principal components of x (N x D), signs fixed for determinism;
+    with ``unit_rows``, of x's rows scaled to unit length (``normalise``), done chunk by chunk.
 
-    Through the D x D covariance when N > D, accumulated over chunks of rows,
-    so memory beyond x stays D x D plus N x dims at any N; through the N x N
+    Through the D x D covariance when N > D, accumulated over chunks of rows
+    (float64 with ``unit_rows``), so memory beyond x stays D x D plus N x dims at any
+    N: x may be float32 or a memory map, never copied whole; through the N x N
     Gram matrix when N <= D, where that is the smaller problem. Only the
     ``dims`` largest eigenpairs are computed.
     """
     from scipy.linalg import eigh  # scipy is slow to import; most runs never get here
 
-    mean = x.mean(axis=0)
     gram = len(x) <= x.shape[1]
     if gram:
-        centred = x - mean
+        x = np.array(x, dtype=np.float64)
+        if unit_rows:
+            x = normalise(x, copy=False)
+        centred = x - x.mean(axis=0)
         matrix = centred @ centred.T
     else:
-        matrix = sum(chunk.T @ chunk for chunk in _centred_chunks(x, mean))
+        mean = sum(chunk.sum(axis=0) for chunk in _chunks(x, None, unit_rows)) / len(x)
+        matrix = sum(chunk.T @ chunk for chunk in _chunks(x, mean, unit_rows))
     keep = min(dims, len(matrix))
     variances, vectors = eigh(matrix, subset_by_index=[len(matrix) - keep, len(matrix) - 1])
     variances, vectors = variances[::-1], vectors[:, ::-1]
     if gram:
         projected = vectors * np.sqrt(np.maximum(variances, 0.0))
     else:
-        projected = np.concatenate([chunk @ vectors for chunk in _centred_chunks(x, mean)])
+        projected = np.concatenate([chunk @ vectors for chunk in _chunks(x, mean, unit_rows)])
     largest = projected[np.abs(projected).argmax(axis=0), np.arange(projected.shape[1])]
     projected = projected * np.where(largest < 0, -1.0, 1.0)
     if projected.shape[1] < dims:
@@ -52,9 +57,17 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
     return projected
 
 
-def _centred_chunks(x: np.ndarray, mean: np.ndarray):
+def _chunks(x: np.ndarray, mean: np.ndarray | None, unit_rows: bool):
+    """x's rows, ``PCA_CHUNK_ROWS`` at a time (as float64 with ``unit_rows``, else in x's float
+    type): scaled to unit length with ``unit_rows``, then less ``mean`` unless it is None."""
+    dtype = np.float64 if unit_rows else np.result_type(x.dtype, np.float32)
     for start in range(0, len(x), PCA_CHUNK_ROWS):
-        yield x[start : start + PCA_CHUNK_ROWS] - mean
+        chunk = np.array(x[start : start + PCA_CHUNK_ROWS], dtype=dtype)
+        if unit_rows:
+            chunk = normalise(chunk, copy=False)
+        if mean is not None:
+            chunk -= mean
+        yield chunk
 
 
 def row_keys(vectors: np.ndarray) -> np.ndarray:
