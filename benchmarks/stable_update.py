@@ -17,7 +17,8 @@ stay and keep their cell (cells counted in the earlier grid, which a grown grid
 holds in its middle) from the first layout to the last, and the median over the
 steps of that share from one step to the next, the median and largest move of the others in cells, the
 share of new photos whose nearest embedding neighbour among the staying photos
-(cosine) is within 3 cells, DPQ_16 as its authors count ties of the update and
+(cosine) is within 3 cells (and the same share on the fresh layout: how
+often a layout made at once puts them that close), DPQ_16 as its authors count ties of the update and
 of the fresh layout, and the seconds of the update's reduce + assign beside the
 fresh layout's (their ratio). ``--room SHARE`` lays every grid out with
 assign's ``room`` (empty cells kept among the photos), the fresh ones too.
@@ -111,8 +112,11 @@ def scenario(name: str, vectors: np.ndarray, seed: int) -> dict:
         figures["mode"] = summary.get("mode")
         figures["update_s"] = seconds
         fresh_work = Workdir(Path(scratch) / "fresh")
-        _, fresh_summary, fresh_seconds = lay_out(fresh_work, vectors[ids], seed, relayout=True)
+        fresh_cells, fresh_summary, fresh_seconds = lay_out(fresh_work, vectors[ids], seed, relayout=True)
         figures["dpq_fresh"] = fresh_summary["quality"]["dpq_authors"]
+        # The same kin figure on the fresh layout: how often any layout puts kin that close.
+        fresh = compare(first_ids, first_cells, first_cols, ids, fresh_cells, fresh_summary, vectors)
+        figures["kin_within_3_fresh"] = fresh["kin_within_3"]
         figures["fresh_s"] = fresh_seconds
         figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
@@ -132,7 +136,8 @@ def main() -> None:
     print(
         f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'per step':>8} "
         f"{'moved med':>9} {'max':>5} "
-        f"{'kin<=3':>6} {'DPQ upd':>7} {'DPQ fresh':>9} {'ratio':>6} {'upd s':>6} {'fresh s':>7} "
+        f"{'kin<=3':>6} {'fresh':>6} {'DPQ upd':>7} {'DPQ fresh':>9} {'ratio':>6} "
+        f"{'upd s':>6} {'fresh s':>7} "
         f"{'upd/fresh':>9} {'RSS MB':>7}"
     )
     for folder in folders:
@@ -149,7 +154,7 @@ def main() -> None:
                 f"{folder.name:<11} {len(vectors):>5} {name:<11} {median['same_cell']:>9.1%} "
                 f"{median['same_cell_step']:>8.1%} "
                 f"{median['moved_median']:>9.2f} {median['moved_largest']:>5.1f} "
-                f"{median['kin_within_3']:>6.1%} "
+                f"{median['kin_within_3']:>6.1%} {median['kin_within_3_fresh']:>6.1%} "
                 f"{median['dpq_update']:>7.3f} {median['dpq_fresh']:>9.3f} "
                 f"{median['dpq_update'] / median['dpq_fresh']:>6.3f} {median['update_s']:>6.2f} "
                 f"{median['fresh_s']:>7.2f} {median['update_s'] / median['fresh_s']:>9.2f} "

@@ -174,12 +174,13 @@ def test_room_keeps_empty_cells_among_the_photos_where_added_photos_join_their_k
         assert (~quadrant).any()  # the room is spread, not all at one edge
     after, update = lay_out(tmp_path / "w", vectors[: n + 22], room=0.1)
     assert update["mode"] == "update" and update["new"] == 22
-    assert (after[:n] == first).all(axis=1).mean() >= 0.9
+    assert (after[:n] == first).all(axis=1).mean() >= 0.8  # issue 18's promise for a 10% step
     # Where the new photos went: near the staying photo nearest them in the embedding (a random
     # cell of this 16 x 16 grid would be 6 to 7 cells away).
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     kin = np.argmax(unit[n : n + 22] @ unit[:n].T, axis=1)
-    assert np.median(np.abs(after[n:] - after[kin]).max(axis=1)) <= 4
+    kin_cells = np.abs(after[n:] - after[kin]).max(axis=1)
+    assert np.median(kin_cells) <= 3
 
 
 def test_room_is_checked_as_a_share_up_to_a_half(cli, tmp_path):
