@@ -4,7 +4,8 @@
 //   hostile: cells whose names must show as text; search: a word that finds one photo;
 //   similarOf: cells whose "more like this" to read; keys: arrow keys pressed from keyStart;
 //   rectangle: [cornerCell, cornerCell]; lasso: points in cells [[col, row], ...]; screenshot: a path
-//   (taken last, with the search on and the panel open on its first match);
+//   (taken last, with the search on and the panel open on its first match, or on cell "shotOpen" with
+//   the whole map beside it); viewport: [width, height] (1000 x 700);
 //   folders: {toggle, queries, cells, shots, all: [firstCell, lastCell]}: switch a folder off, search, select;
 //   labels: {toggle, queries, open}: the legend, a label switched off; regions: true: names at the whole map.
 // Prints one JSON object.
@@ -50,7 +51,8 @@ async function readDownload(page, button) {
 }
 
 try {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 }, acceptDownloads: true });
+  const [width, height] = job.viewport || [1000, 700];
+  const context = await browser.newContext({ viewport: { width, height }, acceptDownloads: true });
   const page = await open(context, "file://" + job.page);
 
   // The whole map at first sight: below the toolbar, beside the open list of labels.
@@ -307,15 +309,17 @@ try {
   if (job.screenshot) {  // the panel open on the search's first match (or on cell "shotOpen")
     await page.keyboard.press("0");
     await page.fill("#search", job.search);
-    if (job.shotOpen !== undefined) {
+    if (job.shotOpen !== undefined) {  // opened on the whole map, then the map fitted beside the panel
       await page.evaluate(() => document.activeElement.blur());
       await click(page, job.shotOpen);
+      await page.keyboard.press("0");
     } else {
       await page.press("#search", "Enter");
       await settle(page);
       await page.evaluate(() => document.activeElement.blur());
     }
     await page.waitForFunction(() => window.gridtsneView.state().near !== null, null, { timeout: 5000 });
+    await page.mouse.move(2, height - 10);  // off the map: no name beside the pointer
     await page.waitForTimeout(300);
     await page.screenshot({ path: job.screenshot });
   }
