@@ -224,6 +224,15 @@ def test_an_idempotent_retry_returns_the_same_job_and_delete_cancels_then_delete
             "'..'",
         ),
         (
+            {
+                "images": ["photos"],
+                "web_page": True,
+                "options": {"labels": [["a.jpg", "x"], ["./a.jpg", "y"]]},
+            },
+            "options.labels.1",
+            "labelled 'y' here and 'x' in item 0",
+        ),
+        (
             {"images": ["photos"], "web_page": True, "options": {"labels": [{"path": "a.jpg"}]}},
             "options.labels",
             "item 1",

@@ -129,15 +129,22 @@ def check_labels(labels, web_page: bool) -> None:
                       "reads no labels file", "options.labels")  # fmt: skip
     if not web_page:
         raise Refused(400, 'labels colour the web page: ask for it with "web_page": true', "options.labels")
-    for index, (path, _) in enumerate(labels):
+    seen: dict[str, tuple[int, str]] = {}
+    for index, (path, label) in enumerate(labels):
         if path.startswith(INPUT_PREFIX):
             if not INPUT_ID.fullmatch(path[len(INPUT_PREFIX) :]):
                 raise Refused(400, f"{path!r} is not input:ID (64 hex digits)", f"options.labels.{index}")
-            continue
-        try:
-            check_words(path)
-        except PathRefused as error:
-            raise Refused(400, str(error), f"options.labels.{index}") from None
+            key = path
+        else:
+            try:
+                key = str(check_words(path))
+            except PathRefused as error:
+                raise Refused(400, str(error), f"options.labels.{index}") from None
+        # Named here, as the client wrote them: render would name the server's paths.
+        before = seen.setdefault(key, (index, label))
+        if before[1] != label:
+            raise Refused(400, f"{path!r} is labelled {label!r} here and {before[1]!r} in item {before[0]}",
+                          f"options.labels.{index}")  # fmt: skip
 
 
 def iso(seconds: float) -> str:
