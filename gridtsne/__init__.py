@@ -59,7 +59,8 @@ def mosaic(
     ``gridtsne all`` does: stages that are fresh in ``workdir`` are skipped.
 
     ``options`` are those of the command line by name (``seed=3``, ``grid="10x12"``,
-    ``tile=96``). Returns each stage's summary. The work directory defaults to
+    ``tile=96``); a web page takes ``labels``, a CSV file or a list of ``(path, label)``
+    pairs, to colour its photos by. Returns each stage's summary. The work directory defaults to
     ``output``'s name with ``.gridtsne``.
     """
     from gridtsne import pipeline

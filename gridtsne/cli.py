@@ -189,6 +189,10 @@ render_options = _with(
     stage_option(RenderOptions, "preview", metavar="PX",
                  help="Web page: long side of the preview of each photo that the details panel "
                  "shows (written into the page folder); 0: none."),
+    stage_option(RenderOptions, "labels", metavar="CSV",
+                 help="Web page: colour the photos by label and name the map's regions by them: a CSV "
+                 "file of path,label rows (paths relative to the CSV's folder, or absolute). "
+                 "Default: the folders are the labels."),
     stage_option(RenderOptions, "overwrite", is_flag=True,
                  help="Write over an existing OUTPUT that gridtsne did not write (never over a photo)."),
 )  # fmt: skip
@@ -434,6 +438,7 @@ def render_command(output, workdir, jobs, cluster, quiet, as_json, **values):
     Example:
         gridtsne render mosaic.jpg -w work --tile 96 --background white
         gridtsne render gallery.html -w work              # open gallery/index.html
+        gridtsne render gallery.html -w work --labels labels.csv
         gridtsne render - --format png -w work | other-tool
     """
     options = build(RenderOptions, output=output, **values)

@@ -204,6 +204,25 @@ def _colour(value: Any) -> str:
     return value
 
 
+def _labels(value: Any) -> str | tuple[tuple[str, str], ...] | None:
+    """A labels CSV file (a path), or labels inline: ``[{"path": ..., "label": ...}, ...]`` or
+    ``[[path, label], ...]``. What the file holds is read, and checked, by render."""
+    if value is None or isinstance(value, str | os.PathLike):
+        return None if value is None else _text(value) or None
+    if not isinstance(value, list | tuple):
+        raise ValueError('give a CSV file of path,label rows, or a list of {"path", "label"} objects')
+    pairs = []
+    for number, item in enumerate(value, start=1):
+        if isinstance(item, Mapping) and set(item) == {"path", "label"}:
+            item = (item["path"], item["label"])
+        if not (isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(v, str) for v in item)):
+            raise ValueError(f'item {number}: give {{"path": TEXT, "label": TEXT}}, not {item!r:.80}')
+        if not item[0].strip() or not item[1].strip():
+            raise ValueError(f"item {number}: the {'path' if not item[0].strip() else 'label'} is empty")
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
+
+
 def option(default: Any, parse: Callable[[Any], Any], *, fresh: bool = True, **extra: Any):
     """A dataclass field with its parser; ``fresh=False`` for options that change how a
     stage runs but not what it makes (so changing them never makes the stage stale)."""
@@ -357,12 +376,26 @@ class RenderOptions(StageOptions):
     format: str = option("auto", _choice(FORMATS))
     #: Long side in pixels of the previews a web page's details panel shows; 0: none.
     preview: int = option(384, _integer(0, 4096))
+    #: Web page: the label of each photo, to colour the map by and name its regions: a CSV file
+    #: of path,label rows (paths relative to its folder), or a list of (path, label) pairs
+    #: (relative to the working folder); None: the folders are the labels.
+    labels: str | tuple[tuple[str, str], ...] | None = option(None, _labels)
     #: Write over an existing output file that gridtsne did not write.
     overwrite: bool = option(False, _flag, fresh=False)
 
     def freshness(self) -> dict[str, Any]:
-        # "black" and "#000000" draw the same picture.
-        return {**super().freshness(), "background": list(parse_colour(self.background))}
+        # "black" and "#000000" draw the same picture; labels inline count by their hash (a
+        # labels file by its content, which render adds to its inputs).
+        inline = isinstance(self.labels, tuple)
+        return {**super().freshness(), "background": list(parse_colour(self.background)),
+                "labels": _hash_of(self.to_dict()["labels"]) if inline else self.labels}  # fmt: skip
+
+
+def _hash_of(value: Any) -> str:
+    import hashlib
+    import json
+
+    return "sha256:" + hashlib.sha256(json.dumps(value, ensure_ascii=False).encode()).hexdigest()
 
 
 STAGE_OPTIONS: dict[str, type[StageOptions]] = {

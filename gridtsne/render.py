@@ -412,7 +412,10 @@ class RenderStage(Stage):
     def plan(self, workdir: Workdir, options: RenderOptions) -> Plan:
         name = format_of(options.output, options.format)
         output = STDOUT if options.output == STDOUT else str(Path(options.output).absolute())
-        return Plan({**options.freshness(), "output": output, "format": name}, self.inputs(workdir, options))
+        parameters = {**options.freshness(), "output": output, "format": name}
+        if isinstance(options.labels, str):
+            parameters["labels"] = str(Path(options.labels).absolute())
+        return Plan(parameters, self.inputs(workdir, options))
 
     def inputs(self, workdir: Workdir, options: RenderOptions) -> dict:
         manifest = workdir.read_manifest("assign") or {"results": {}}
@@ -420,6 +423,13 @@ class RenderStage(Stage):
                   "grid_shape": [manifest["results"].get(k) for k in ("rows", "cols")]}  # fmt: skip
         if self.is_page(options) and workdir.file(EMBEDDINGS).is_file():  # the page's "more like this"
             inputs[EMBEDDINGS] = file_hash(workdir.file(EMBEDDINGS))
+        if self.is_page(options) and isinstance(options.labels, str):  # a changed file: a new page
+            try:
+                inputs["labels"] = file_hash(Path(options.labels))
+            except OSError as error:
+                raise OptionMismatch(
+                    "labels", f"{options.labels}: cannot read the labels file: {error.strerror or error}"
+                ) from None
         return inputs
 
     @staticmethod
@@ -451,6 +461,9 @@ class RenderStage(Stage):
                                    neighbours_cache=workdir.file(web.NEIGHBOURS_CACHE))  # fmt: skip
         output = STDOUT if to_stdout else Path(options.output).absolute()
         listing = workdir.load_images()["images"]
+        if self.is_page(options) and options.labels is not None:
+            writer.labels = photo_labels(options.labels, [entry["path"] for entry in listing],
+                                         context.on_message)  # fmt: skip
         self.check_destination(workdir, options, [entry["path"] for entry in listing])
         cell_of_image, rows, cols = assign.grid_of(workdir, len(listing))
         tile_maker = tiles.Tiles(workdir.path, options.tile, options.fit)
@@ -478,6 +491,8 @@ class RenderStage(Stage):
         """Refuse, before any work, an output that is one of the photos or a file gridtsne did not
         write (a shell glob that left the output off makes the last photo the output).
         A web page's folder is checked by its writer, by the marker inside it."""
+        if options.labels is not None and not self.is_page(options):
+            raise OptionError("labels", "labels colour the web page: give a .html output")
         if options.output == STDOUT or format_of(options.output, options.format) == "html":
             return
         output = Path(options.output).absolute()
@@ -492,6 +507,28 @@ class RenderStage(Stage):
             f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
             f"{summary['tiles']} tiles{cached}{missing})"
         )
+
+
+#: Labelled paths that are no photo of the layout, named in the warning.
+UNMATCHED_SHOWN = 3
+
+
+def photo_labels(given, photo_paths: list[str], on_message) -> list[str]:
+    """Each photo's label ("" for none) from a labels file or inline pairs; the labelled paths
+    that are no photo of this layout are counted, with examples, in a warning."""
+    from gridtsne import labels
+
+    try:
+        found = labels.read_csv(given) if isinstance(given, str) else labels.from_pairs(given)
+    except labels.LabelsError as error:
+        raise OptionMismatch("labels", str(error)) from None
+    per_photo, unmatched = labels.match(found, photo_paths)
+    if unmatched:
+        examples = "; ".join(f"{entry.where}: {entry.path}" for entry in unmatched[:UNMATCHED_SHOWN])
+        more = ", ..." if len(unmatched) > UNMATCHED_SHOWN else ""
+        on_message(f"render: warning: {len(unmatched)} labelled path(s) are no photo of this layout "
+                   f"and were left out ({examples}{more})")  # fmt: skip
+    return per_photo
 
 
 STAGE = RenderStage()

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gridtsne import images, tiles
+from gridtsne import images, labels, regions, tiles
 from gridtsne.errors import StageError
 
 PYRAMID_TILE_PX = 256
@@ -127,9 +127,13 @@ def photo_order(mosaic) -> list[int]:
     return [index for index in mosaic.image_at() if index is not None]
 
 
-def page_data(mosaic, folder: Path, levels: list[tuple[int, int]], order: list[int], **extra) -> dict:
+def page_data(
+    mosaic, folder: Path, levels: list[tuple[int, int]], order: list[int], label_of_photo=None, **extra
+) -> dict:
     """What the viewer needs: grid geometry, pyramid levels, and per photo (in ``order``, the
-    order of their cells) its cell, name, folder and pixel size, as compact arrays.
+    order of their cells) its cell, name, folder and pixel size, as compact arrays; with
+    ``label_of_photo`` (in ``order``, "" for none) a label table and each photo's index into
+    it; and the named regions of the map (``regions.py``).
 
     Folders are a table, each photo an index into it. A folder is named relative to the
     common folder of all photos (``root``, only its own name), and linked relative to
@@ -144,6 +148,15 @@ def page_data(mosaic, folder: Path, levels: list[tuple[int, int]], order: list[i
     sizes = [
         (mosaic.entries[index].get("width") or 0, mosaic.entries[index].get("height") or 0) for index in order
     ]
+    names = [os.path.basename(path) for path in paths]
+    given = label_of_photo is not None
+    label_names, label_of = labels.table(label_of_photo) if given else (None, [])
+    kinds = [regions.single_values([i - 1 for i in label_of], label_names)] if given else []
+    last_parts = [os.path.basename(root) if name == "." else Path(name).name for name in shown]
+    kinds += [regions.single_values(folder_of, last_parts), regions.word_values(names)]
+    cells = mosaic.cell_of_image[order] if order else np.zeros(0, dtype=np.int64)
+    named = regions.name_regions(cells, mosaic.rows, mosaic.cols, kinds)
+    label_bytes = 1 if len(label_names or ()) < 2**8 else 2 if len(label_names) < 2**16 else 4
     return {
         "version": 2,
         "rows": mosaic.rows,
@@ -159,10 +172,16 @@ def page_data(mosaic, folder: Path, levels: list[tuple[int, int]], order: list[i
         "root": os.path.basename(root),
         "folders": ["" if name == "." else name for name in shown],
         "folder_links": [_folder_link(parent, folder) for parent in table],
-        "names": [os.path.basename(path) for path in paths],
+        "names": names,
         "folder": _base64(np.asarray(folder_of, dtype=np.int64), "<i4"),
-        "cell": _base64(mosaic.cell_of_image[order] if order else np.zeros(0), "<i4"),
+        "cell": _base64(cells, "<i4"),
         "size": _base64(np.asarray(sizes, dtype=np.int64).reshape(-1), "<u4"),
+        # Labels: a table (most common first) and per photo 1 + its index there (0: none).
+        "labels": label_names,
+        "label": _base64(np.asarray(label_of, dtype=np.int64), f"<u{label_bytes}") if given else None,
+        "label_bytes": label_bytes,
+        # Regions: [name, col0, row0, col1, row1] (ends exclusive), the coarsest first.
+        "regions": [[region.name, *region.box] for region in named],
         **extra,
     }
 
@@ -326,6 +345,8 @@ class WebWriter:
         self.jobs = jobs
         self.on_message = on_message
         self.counts: dict = {}
+        #: Each photo's label ("" for none), by image index; None: the folders are the labels.
+        self.labels: list[str] | None = None
 
     def check(self, width: int, height: int) -> None:
         """Any size works: the page loads only the tiles in view."""
@@ -361,7 +382,8 @@ class WebWriter:
                 index, similarity = page_neighbours(self.embeddings, order, self.jobs, self.neighbours_cache)
                 write_neighbours(building / "neighbours.js", index, similarity)
                 extra["neighbours"] = "neighbours.js"
-            data = page_data(mosaic, folder, pyramid.levels, order, **extra)
+            label_of_photo = [self.labels[index] for index in order] if self.labels is not None else None
+            data = page_data(mosaic, folder, pyramid.levels, order, label_of_photo, **extra)
             (building / "data.js").write_text(
                 "window.GRIDTSNE = " + json.dumps(data, separators=(",", ":")) + ";\n", encoding="utf-8"
             )

@@ -208,6 +208,35 @@ def test_an_idempotent_retry_returns_the_same_job_and_delete_cancels_then_delete
         ({"images": ["photos"], "colour": 1}, "colour", "unknown field"),
         ({"images": "photos"}, "images", "valid list"),
         ({"images": [3]}, "images.0", "valid string"),
+        (
+            {"images": ["photos"], "web_page": True, "options": {"labels": "/etc/labels.csv"}},
+            "options.labels",
+            "reads no labels file",
+        ),
+        (
+            {"images": ["photos"], "options": {"labels": [["photos/a.jpg", "x"]]}},
+            "options.labels",
+            "web_page",
+        ),
+        (
+            {"images": ["photos"], "web_page": True, "options": {"labels": [["../secret/outside.jpg", "x"]]}},
+            "options.labels.0",
+            "'..'",
+        ),
+        (
+            {
+                "images": ["photos"],
+                "web_page": True,
+                "options": {"labels": [["a.jpg", "x"], ["./a.jpg", "y"]]},
+            },
+            "options.labels.1",
+            "labelled 'y' here and 'x' in item 0",
+        ),
+        (
+            {"images": ["photos"], "web_page": True, "options": {"labels": [{"path": "a.jpg"}]}},
+            "options.labels",
+            "item 1",
+        ),
         ({"inputs": ["../../etc"]}, "inputs.0", "not an input id"),
         ({"inputs": ["0" * 64]}, "inputs.0", "no uploaded input"),
         ({}, None, "at least one photo"),
@@ -327,14 +356,19 @@ def _commands() -> list[str]:
 
 
 def test_a_web_page_is_served_from_the_jobs_folder_and_nothing_outside_it(server):
+    first = sample_photos(12)[0].name
+    labels = [{"path": f"photos/{first}", "label": "the first"}]  # inline, named as the request names photos
     done = server.wait(
-        server.submit({"images": ["photos"], "options": OPTIONS, "web_page": True}).json()["output"]["id"]
+        server.submit(
+            {"images": ["photos"], "options": {**OPTIONS, "labels": labels}, "web_page": True}
+        ).json()["output"]["id"]
     )
     assert done["state"] == "succeeded", done
     page = server.client.get(done["data"]["page"]["url"])
     assert page.status_code == 200 and "<canvas" in page.text
     base = done["data"]["page"]["url"].rsplit("/", 1)[0]
-    assert server.client.get(f"{base}/data.js").text.startswith("window.GRIDTSNE = ")
+    data = server.client.get(f"{base}/data.js").text
+    assert data.startswith("window.GRIDTSNE = ") and '"labels":["the first"]' in data
     for escape in ("%2e%2e/%2e%2e/jobs.sqlite3", "..%2f..%2fsecret"):
         answer = server.client.get(f"{base}/{escape}")
         assert answer.status_code == 400 and answer.json()["status"]["code"] == 42003

@@ -174,3 +174,69 @@ def test_a_page_written_into_the_photo_folder_is_not_taken_for_photos(cli, photo
     second = cli("all", photos, out, "--tile", 16, "-w", tmp_path / "work")
     assert second.exit_code == 0
     assert "embed: fresh, skipped" in second.stderr and "render: fresh, skipped" in second.stderr
+
+
+def test_labels_go_into_the_page_as_a_table_and_a_small_index_per_photo(tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(
+        "path,label\ncolours/red.jpg,warm\ncolours/yellow.jpg,warm\ncolours/blue.jpg,cold\n"
+    )
+    render.run(
+        work, RenderOptions(output=str(tmp_path / "page.html"), tile=8, preview=0, labels=str(labels_csv))
+    )
+    data = page_data(tmp_path / "page")
+    assert data["labels"] == ["warm", "cold"] and data["label_bytes"] == 1
+    label_of = np.frombuffer(base64.b64decode(data["label"]), "<u1")
+    shown = {photo["name"]: int(label_of[p]) for p, photo in enumerate(photo_table(tmp_path / "page"))}
+    assert shown == {
+        "red.jpg": 1,
+        "yellow.jpg": 1,
+        "blue.jpg": 2,
+        "lime.jpg": 0,
+        "magenta.jpg": 0,
+        "cyan.jpg": 0,
+    }
+
+    render.run(work, RenderOptions(output=str(tmp_path / "page.html"), tile=8, preview=0))
+    assert page_data(tmp_path / "page")["labels"] is None  # without labels the page keys by folder
+
+
+def test_render_rewrites_the_page_when_the_labels_file_changes_and_only_then(
+    tmp_path, colour_photos, monkeypatch
+):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("colours/red.jpg,warm\n")
+    options = RenderOptions(output=str(tmp_path / "page.html"), tile=8, preview=0, labels=str(labels_csv))
+    render.run(work, options)
+    written = (tmp_path / "page" / "data.js").stat().st_mtime_ns
+
+    assert render.run(work, options, skip_if_fresh=True)["ran"] is False
+    assert (tmp_path / "page" / "data.js").stat().st_mtime_ns == written  # nothing rewritten
+
+    labels_csv.write_text("colours/red.jpg,hot\n")
+    assert render.run(work, options, skip_if_fresh=True)["ran"] is True
+    assert page_data(tmp_path / "page")["labels"] == ["hot"]
+    assert render.run(work, options, skip_if_fresh=True)["ran"] is False
+
+    monkeypatch.chdir(tmp_path)  # inline labels: paths relative to the working folder
+    inline = options.replace(labels=[("colours/red.jpg", "hot")])
+    assert render.run(work, inline, skip_if_fresh=True)["ran"] is True
+    assert render.run(work, inline, skip_if_fresh=True)["ran"] is False
+    assert render.run(work, inline.replace(labels=[("colours/red.jpg", "warm")]), skip_if_fresh=True)["ran"]
+    assert page_data(tmp_path / "page")["labels"] == ["warm"]
+
+
+def test_the_page_names_regions_of_the_map_by_their_folders(tmp_path):
+    photos = []
+    for side, folder in ((0, "beach"), (1, "mountains")):
+        for i in range(18):
+            path = tmp_path / "photos" / folder / f"IMG_{side}{i:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (side * 200, 0, 0)).save(path)
+            photos.append(path)
+    cells = [row * 6 + side * 3 + col for side in (0, 1) for row in range(6) for col in range(3)]
+    work = layout_workdir(tmp_path / "work", photos, cells, 6, 6)
+    render.run(work, RenderOptions(output=str(tmp_path / "page.html"), tile=8, preview=0))
+    assert page_data(tmp_path / "page")["regions"] == [["beach", 0, 0, 3, 6], ["mountains", 3, 0, 6, 6]]

@@ -250,3 +250,153 @@ def test_using_the_page_search_details_similar_keys_selection_and_links(tmp_path
     assert link["there"]["selected"] == link["here"]["selected"] == lassoed
     assert link["panelName"] == "zebra crossing.png"
     assert link["back"]["cell"] == zebra and link["forward"]["cell"] == job["link"]["then"]
+
+
+def brightness(shot, at):
+    """The mean brightness of a 5 x 5 patch of a screenshot around a point (CSS px = pixels here)."""
+    import numpy as np
+
+    x, y = round(at["x"]), round(at["y"])
+    return float(np.asarray(shot.convert("L"))[y - 2 : y + 3, x - 2 : x + 3].mean())
+
+
+def test_a_folder_switched_off_is_dimmed_and_left_out_of_search_and_selection(tmp_path, browser):
+    from PIL import Image
+
+    from gridtsne import render
+    from gridtsne.options import RenderOptions
+
+    work, photos, _ = exploring_workdir(tmp_path)
+    render.run(work, RenderOptions(output=str(tmp_path / "page.html"), tile=64, preview=0))
+    things = [cell for _, cell, shown in photos if shown.startswith("photos/things/")]
+    animals = sorted((cell, shown) for _, cell, shown in photos if shown.startswith("photos/animals/"))
+    shots = [tmp_path / "before.png", tmp_path / "after.png"]
+    folders = {"toggle": "things", "queries": ["red thing", "animal"], "shots": [str(s) for s in shots],
+               "cells": [cell for _, cell, _ in photos], "all": [0, 29]}  # fmt: skip
+    job = {"page": str(tmp_path / "page" / "index.html"), "folders": folders}
+    report = explore(job)
+    assert report["errors"] == [] and report["requests"] == []
+
+    # At first sight the toolbar covers no photo: the whole map lies below it.
+    initial = report["initial"]
+    assert initial["firstCell"]["y"] - initial["cellPx"] / 2 >= initial["toolbarBottom"]
+
+    folders = report["folders"]
+    assert folders["before"] == [{"name": "things", "count": 15, "on": True},
+                                 {"name": "animals", "count": 14, "on": True}]  # fmt: skip
+    assert folders["after"][0]["on"] is False and folders["pressed"] == "false" and folders["off"] == 15
+    assert folders["matches"] == {"red thing": 0, "animal": 14}
+    assert folders["selected"] == [shown for _, shown in animals]  # a rectangle over the whole grid
+    assert folders["restored"] == 0
+
+    with Image.open(shots[0]) as before, Image.open(shots[1]) as after:
+        centre = folders["cells"]
+        brightest = max(things, key=lambda cell: brightness(before, centre[str(cell)]))
+        assert brightness(after, centre[str(brightest)]) < 0.5 * brightness(before, centre[str(brightest)])
+        for cell, _ in animals:
+            assert abs(brightness(after, centre[str(cell)]) - brightness(before, centre[str(cell)])) < 8
+
+
+HOSTILE_LABEL = '<img src=x onerror="window.pwned=true"> & "q"'
+LONG_LABEL = "\x07" + "y" * 4000  # a control character and 4,000 characters
+
+
+def labelled_workdir(tmp_path):
+    """An 8 x 16 grid: 60 cats in the left half, 60 dogs in the right, under a folder whose name a
+    spreadsheet would take for a formula; ``labels.csv`` labels them (two with hostile labels,
+    two dogs not at all). Returns the work directory, the labels file and the photos' cells."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "=photos"
+    photos, cells, rows = [], [], [("path", "label")]
+    for kind, first_col in (("cat", 0), ("dog", 8)):
+        half = [row * 16 + col for row in range(8) for col in range(first_col, first_col + 8)]
+        for index, cell in enumerate(sorted(rng.choice(half, 60, replace=False).tolist())):
+            name = 'cat, "the" first.png' if (kind, index) == ("cat", 0) else f"{kind} {index:02d}.png"
+            path = root / f"{kind}s" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            base = (200, 90, 60) if kind == "cat" else (60, 110, 210)
+            Image.new(
+                "RGB", (32, 32), tuple(int(v) for v in np.clip(base + rng.integers(-40, 40, 3), 0, 255))
+            ).save(path)
+            photos.append(path)
+            cells.append(cell)
+            label = {("cat", 1): HOSTILE_LABEL, ("cat", 2): LONG_LABEL}.get((kind, index), kind)
+            if not (kind == "dog" and index < 2):
+                rows.append((f"=photos/{kind}s/{name}", label))
+    labels_csv = tmp_path / "labels.csv"
+    with open(labels_csv, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    work = layout_workdir(tmp_path / "work", photos, cells, 8, 16)
+    return work, labels_csv, dict(zip(cells, photos, strict=True))
+
+
+def test_labels_colour_the_map_with_a_legend_that_switches_them_and_regions_are_named(tmp_path, browser):
+    import csv
+
+    from gridtsne import render
+    from gridtsne.options import RenderOptions
+
+    work, labels_csv, photo_at = labelled_workdir(tmp_path)
+    render.run(
+        work, RenderOptions(output=str(tmp_path / "page.html"), tile=32, preview=0, labels=str(labels_csv))
+    )
+    shown = {
+        cell: "=photos/" + path.relative_to(tmp_path / "=photos").as_posix()
+        for cell, path in photo_at.items()
+    }
+    hostile_cell = next(cell for cell, path in shown.items() if path == "=photos/cats/cat 01.png")
+    job = {"page": str(tmp_path / "page" / "index.html"), "rectangle": [0, 127],
+           "labels": {"toggle": "dog", "queries": ["dog", "cat"], "open": hostile_cell},
+           "regions": True}  # fmt: skip
+    report = explore(job)
+    assert report["errors"] == [] and report["requests"] == []
+
+    # At first sight the legend is open and the whole map lies beside it and below the toolbar.
+    initial = report["initial"]
+    assert initial["firstCell"]["x"] - initial["cellPx"] / 2 >= initial["groupsRight"]
+    assert initial["firstCell"]["y"] - initial["cellPx"] / 2 >= initial["toolbarBottom"]
+
+    # The legend: each label with its count, most first; hostile labels as text; a fixed width.
+    labels = report["labels"]
+    assert labels["open"] and labels["colour"] and labels["button"] == "labels"
+    assert [(entry["name"], entry["count"]) for entry in labels["legend"]] == [
+        ("cat", 58), ("dog", 58), (HOSTILE_LABEL, 1), ("y" * 4000, 1), ("(no label)", 2)
+    ]  # fmt: skip
+    assert labels["markup"] == 0 and labels["width"] == 250 and labels["panel"] == HOSTILE_LABEL
+    assert len(set(labels["swatches"][:4])) == 4  # four labels, four colours
+    assert sorted((f["name"], f["count"]) for f in labels["folders"]) == [("cats", 60), ("dogs", 60)]
+    assert not report["pwned"] and not report["pwnedAtEnd"]
+
+    # Switching "dog" off: its 58 photos are dimmed and no longer match; the 2 unlabelled dogs do.
+    assert labels["off"] == 58 and labels["after"][1] == {"name": "dog", "count": 58, "on": False}
+    assert labels["matches"] == {"dog": 2, "cat": 60} and labels["restored"] == 0
+
+    # Region names at the whole map: one per half; a click on one zooms in to fill the view with it.
+    regions = report["regions"]
+    assert [(name["name"], name["box"]) for name in regions["names"]] == [
+        ("cat", [0, 0, 8, 8]), ("dog", [8, 0, 16, 8])
+    ]  # fmt: skip
+    after = regions["after"]
+    assert after["cellPx"] > 1.3 * regions["cellPx"] and after["opened"] is None
+    for corner in after["corners"]:  # the region's corner photos are on screen
+        assert initial["groupsRight"] < corner["x"] < 1000 and initial["toolbarBottom"] < corner["y"] < 700
+    assert abs(regions["back"] - regions["cellPx"]) < 0.01  # back returns to the whole map
+
+    # Downloads: every line of the .txt ends in a newline; the .csv keeps formulas out, quotes per RFC 4180.
+    in_order = [shown[cell] for cell in sorted(shown)]
+    rectangle = report["rectangle"]
+    assert rectangle["selected"] == in_order
+    assert rectangle["txt"]["text"] == "".join(path + "\n" for path in in_order)
+    text = rectangle["csv"]["text"]
+    assert text.endswith("\r\n") and '"\'=photos/cats/cat, ""the"" first.png"' in text
+    rows = list(csv.reader(text.splitlines()))
+    assert rows[0] == ["path", "row", "col", "folder"]
+    assert rows[1:] == [
+        ["'" + shown[cell], str(cell // 16), str(cell % 16), "'" + shown[cell].rsplit("/", 1)[0]]
+        for cell in sorted(shown)
+    ]

@@ -43,7 +43,14 @@ from gridtsne.serve.jobs import (
 )
 from gridtsne.serve.paths import INPUT_ID, JOB_ID, PathRefused, check_words, resolve_under
 from gridtsne.serve.retention import Retention
-from gridtsne.serve.worker import PAGE_NAME, PICTURE_NAMES, Dispatcher, disk_full, stop_leftover_workers
+from gridtsne.serve.worker import (
+    INPUT_PREFIX,
+    PAGE_NAME,
+    PICTURE_NAMES,
+    Dispatcher,
+    disk_full,
+    stop_leftover_workers,
+)
 
 #: Options the server decides: where photos, outputs and the cache are, and which model runs.
 SERVER_DECIDES = ("paths", "output", "exclude", "cache", "model", "preprocess", "overwrite", "shard")
@@ -110,6 +117,34 @@ class VisualizationRequest(BaseModel):
         description="Id of an earlier, succeeded visualization whose map this one keeps: the photos in "
         "both keep their place and cell, new ones join their kin.",
     )  # fmt: skip
+
+
+def check_labels(labels, web_page: bool) -> None:
+    """Labels come inline, each path as the request names photos (relative to --root, or
+    ``input:ID``): the server reads no file that a request names."""
+    if labels is None:
+        return
+    if isinstance(labels, str):
+        raise Refused(400, 'give the labels inline, as a list of {"path": ..., "label": ...}: the server '
+                      "reads no labels file", "options.labels")  # fmt: skip
+    if not web_page:
+        raise Refused(400, 'labels colour the web page: ask for it with "web_page": true', "options.labels")
+    seen: dict[str, tuple[int, str]] = {}
+    for index, (path, label) in enumerate(labels):
+        if path.startswith(INPUT_PREFIX):
+            if not INPUT_ID.fullmatch(path[len(INPUT_PREFIX) :]):
+                raise Refused(400, f"{path!r} is not input:ID (64 hex digits)", f"options.labels.{index}")
+            key = path
+        else:
+            try:
+                key = str(check_words(path))
+            except PathRefused as error:
+                raise Refused(400, str(error), f"options.labels.{index}") from None
+        # Named here, as the client wrote them: render would name the server's paths.
+        before = seen.setdefault(key, (index, label))
+        if before[1] != label:
+            raise Refused(400, f"{path!r} is labelled {label!r} here and {before[1]!r} in item {before[0]}",
+                          f"options.labels.{index}")  # fmt: skip
 
 
 def iso(seconds: float) -> str:
@@ -277,6 +312,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if settings.render.format == "html":
             raise Refused(400, "format 'html' is the web page: ask for it with \"web_page\": true",
                           "options.format")  # fmt: skip
+        check_labels(settings.render.labels, body.web_page)
         if settings.embed.max_pixels > DEFAULT_MAX_PIXELS:
             raise Refused(400, f"max_pixels may not exceed {DEFAULT_MAX_PIXELS}", "options.max_pixels")
         # Words first, for every path, before any of them touches the disk.

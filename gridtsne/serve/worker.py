@@ -201,14 +201,30 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+#: How a client names an uploaded photo: ``input:`` and its id.
+INPUT_PREFIX = "input:"
+
+
 def _shown(path: str, config: ServeConfig) -> str:
     """A photo's name as the client knows it: relative to the root, or the id of an upload."""
     real = Path(path).resolve()
     if real.is_relative_to(config.inputs):
-        return f"input:{real.name}"
+        return f"{INPUT_PREFIX}{real.name}"
     if real.is_relative_to(config.root):
         return real.relative_to(config.root).as_posix()
     return real.name
+
+
+def _server_labels(labels, config: ServeConfig):
+    """Inline labels with the paths as the client names photos (relative to the root, or
+    ``input:ID``) -> the same with the paths of this server, to match the photos with."""
+    if labels is None:
+        return None
+    return tuple(
+        (str(config.inputs / path[len(INPUT_PREFIX) :]) if path.startswith(INPUT_PREFIX)
+         else str(config.root / path), label)
+        for path, label in labels
+    )  # fmt: skip
 
 
 def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
@@ -229,9 +245,10 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
     found = images.find_images(settings.embed.paths, settings.embed.ext, hidden=settings.embed.hidden)
     allowed = (config.root, config.inputs)
     outside = [str(path) for path in found.files if not any(map(path.resolve().is_relative_to, allowed))]
+    page_labels = _server_labels(settings.render.labels, config)  # the page's; the picture has none
     settings = PipelineOptions(
         embed=settings.embed.replace(exclude=tuple(outside)),
-        reduce=settings.reduce, assign=settings.assign, render=settings.render,
+        reduce=settings.reduce, assign=settings.assign, render=settings.render.replace(labels=None),
     )  # fmt: skip
     work = Workdir(folder / "work")
     continued = _continue_from(config, request.get("continue_from"), work)
@@ -264,7 +281,9 @@ def run_job(config: ServeConfig, queue: Queue, job: Job) -> dict:
             atomic_write(folder / f"positions.{name}", lambda handle, text=text: handle.write(text.encode()))
         if request.get("web_page"):
             render.STAGE.run(
-                work, settings.render.replace(output=str(folder / PAGE_NAME), format="html"), context
+                work,
+                settings.render.replace(output=str(folder / PAGE_NAME), format="html", labels=page_labels),
+                context,
             )
     finally:
         lock.__exit__(None, None, None)

@@ -4,7 +4,10 @@
 //   hostile: cells whose names must show as text; search: a word that finds one photo;
 //   similarOf: cells whose "more like this" to read; keys: arrow keys pressed from keyStart;
 //   rectangle: [cornerCell, cornerCell]; lasso: points in cells [[col, row], ...]; screenshot: a path
-//   (taken last, with the search on and the panel open on its first match).
+//   (taken last, with the search on and the panel open on its first match, or on cell "shotOpen" with
+//   the whole map beside it); viewport: [width, height] (1000 x 700);
+//   folders: {toggle, queries, cells, shots, all: [firstCell, lastCell]}: switch a folder off, search, select;
+//   labels: {toggle, queries, open}: the legend, a label switched off; regions: true: names at the whole map.
 // Prints one JSON object.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
@@ -48,8 +51,17 @@ async function readDownload(page, button) {
 }
 
 try {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 }, acceptDownloads: true });
+  const [width, height] = job.viewport || [1000, 700];
+  const context = await browser.newContext({ viewport: { width, height }, acceptDownloads: true });
   const page = await open(context, "file://" + job.page);
+
+  // The whole map at first sight: below the toolbar, beside the open list of labels.
+  report.initial = await page.evaluate(() => ({
+    toolbarBottom: document.getElementById("top").getBoundingClientRect().bottom,
+    groupsRight: document.getElementById("groups").hidden ? null
+      : document.getElementById("groups").getBoundingClientRect().right,
+    firstCell: window.gridtsneView.cellCentre(0), cellPx: window.gridtsneView.state().cellPx,
+  }));
 
   // Hostile names: hover and open each; what shows must be the name itself, as text.
   report.hostile = [];
@@ -72,6 +84,7 @@ try {
   report.pwned = await page.evaluate(() => window.pwned === true);
 
   // Search: "/" focuses the box; the count shows; Enter flies to the match and opens it.
+  if (job.search) {
   await page.keyboard.press("0");
   await page.keyboard.press("/");
   report.searchFocused = await page.evaluate(() => document.activeElement.id === "search");
@@ -94,6 +107,7 @@ try {
   await page.fill("#search", "");
   await page.keyboard.press("Escape");  // leaves the box
   await page.evaluate(() => document.activeElement.blur());
+  }
 
   // More like this: the panel's list, and a click on the first flies there and opens it.
   report.similar = [];
@@ -185,18 +199,127 @@ try {
     report.link.forward = (await state(page)).opened;
   }
 
+  async function matchesOf(queries) {
+    const found = {};
+    for (const query of queries) {
+      await page.fill("#search", query);
+      found[query] = (await state(page)).matches;
+    }
+    await page.fill("#search", "");
+    await page.evaluate(() => document.activeElement.blur());
+    return found;
+  }
+  async function reset() {  // no open photo, no search, no selection
+    await page.keyboard.press("Escape");
+    await page.fill("#search", "");
+    await page.evaluate(() => document.activeElement.blur());
+    if (await page.isVisible("#clear")) await page.click("#clear");
+  }
+  async function selectAll(first, last) {
+    const a = await centre(page, first), b = await centre(page, last);
+    await page.keyboard.down("Shift");
+    await page.mouse.move(a.x - 5, a.y - 5);
+    await page.mouse.down();
+    await page.mouse.move(b.x + 5, b.y + 5, { steps: 6 });
+    await page.mouse.up();
+    await page.keyboard.up("Shift");
+    const selected = (await state(page)).selected;
+    await page.click("#clear");
+    return selected;
+  }
+
+  // Folders: the list opens from the toolbar; a folder switched off is dimmed and left out of
+  // search matches and selections; "all on" brings it back.
+  if (job.folders) {
+    await reset();
+    await page.click("#groups-button");
+    await page.keyboard.press("0");  // the whole map, beside the open list
+    await page.waitForTimeout(400);
+    const before = await state(page);
+    const cells = {};
+    for (const cell of job.folders.cells) cells[cell] = await centre(page, cell);
+    await page.mouse.move(2, 690);  // no hover outline in the pictures
+    await page.screenshot({ path: job.folders.shots[0] });
+    const index = before.folders.findIndex((f) => f.name === job.folders.toggle);
+    await page.click(`#folder-list li:nth-child(${index + 1}) button`);
+    await page.mouse.move(2, 690);
+    await page.waitForTimeout(200);
+    await page.screenshot({ path: job.folders.shots[1] });
+    const after = await state(page);
+    report.folders = { before: before.folders, after: after.folders, off: after.off, cells,
+                       pressed: await page.getAttribute(`#folder-list li:nth-child(${index + 1}) button`, "aria-pressed"),
+                       matches: await matchesOf(job.folders.queries),
+                       selected: await selectAll(job.folders.all[0], job.folders.all[1]) };
+    await page.click("#all-on");
+    report.folders.restored = (await state(page)).off;
+    await page.click("#groups-button");
+  }
+
+  // Labels: the legend is open from the start, each label with its count and colour; a label
+  // switched off is left out as a folder is.
+  if (job.labels) {
+    await reset();
+    const first = await state(page);
+    report.labels = {
+      open: await page.isVisible("#groups"), colour: first.colour, legend: first.labels, folders: first.folders,
+      button: await page.textContent("#groups-button"),
+      width: await page.evaluate(() => document.getElementById("groups").getBoundingClientRect().width),
+      markup: await page.evaluate(() => document.querySelectorAll("#groups .gname *").length),
+      swatches: await page.$$eval("#label-list .swatch", (all) => all.map((i) => i.style.background)),
+    };
+    const index = first.labels.findIndex((l) => l.name === job.labels.toggle);
+    await page.click(`#label-list li:nth-child(${index + 1}) button`);
+    const after = await state(page);
+    report.labels.off = after.off;
+    report.labels.after = after.labels;
+    report.labels.matches = await matchesOf(job.labels.queries);
+    await page.click("#all-on");
+    report.labels.restored = (await state(page)).off;
+    await page.keyboard.press("0");
+    await click(page, job.labels.open);
+    report.labels.panel = await page.textContent("#p-label");
+    await page.keyboard.press("Escape");
+  }
+
+  // Region names: on the whole map, never over one another; a click on one zooms to its region.
+  if (job.regions) {
+    await reset();
+    await page.keyboard.press("0");
+    await page.waitForTimeout(200);
+    const whole = await state(page);
+    report.regions = { names: whole.names, cellPx: whole.cellPx };
+    if (whole.names.length) {
+      await page.mouse.click(whole.names[0].x, whole.names[0].y);
+      await settle(page);
+      const after = await state(page);
+      const [c0, r0, c1, r1] = whole.names[0].box;
+      const cols = await page.evaluate(() => window.GRIDTSNE.cols);
+      report.regions.after = {
+        cellPx: after.cellPx, opened: after.opened, names: after.names,
+        corners: [await centre(page, r0 * cols + c0), await centre(page, (r1 - 1) * cols + c1 - 1)],
+      };
+      await page.goBack();
+      await page.waitForTimeout(200);
+      report.regions.back = (await state(page)).cellPx;
+    }
+  }
+
+  report.pwnedAtEnd = await page.evaluate(() => window.pwned === true);
+
   if (job.screenshot) {  // the panel open on the search's first match (or on cell "shotOpen")
     await page.keyboard.press("0");
     await page.fill("#search", job.search);
-    if (job.shotOpen !== undefined) {
+    if (job.shotOpen !== undefined) {  // opened on the whole map, then the map fitted beside the panel
       await page.evaluate(() => document.activeElement.blur());
       await click(page, job.shotOpen);
+      await page.keyboard.press("0");
     } else {
       await page.press("#search", "Enter");
       await settle(page);
       await page.evaluate(() => document.activeElement.blur());
     }
     await page.waitForFunction(() => window.gridtsneView.state().near !== null, null, { timeout: 5000 });
+    await page.mouse.move(2, height - 10);  // off the map: no name beside the pointer
     await page.waitForTimeout(300);
     await page.screenshot({ path: job.screenshot });
   }
