@@ -122,6 +122,12 @@ class _NeighbourDistances:
     def padded(self, row, col):
         return (np.asarray(row) + self.reach) * self.width + np.asarray(col) + self.reach
 
+    def away(self, home: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """Cells (euclidean) from each padded ``home`` to each padded ``cell``; 0 without a home."""
+        d_row = home // self.width - cell // self.width
+        d_col = home % self.width - cell % self.width
+        return np.where(home >= 0, np.sqrt(d_row * d_row + d_col * d_col), 0.0)
+
     def slot(self, d_row: int, d_col: int) -> int:
         return (d_row + self.reach) * self.side + d_col + self.reach
 
@@ -213,9 +219,14 @@ def swap_layout(
     sweeps: int = MAX_SWEEPS,
     seed: int = SEED,
     movable: np.ndarray | None = None,
+    home: np.ndarray | None = None,
+    stay_cost: float = 0.0,
 ) -> np.ndarray:
     """Exact pair swaps that lower the objective (see the module docstring); with
-    ``movable`` (a bool per cell), only between two movable cells."""
+    ``movable`` (a bool per cell), only between two movable cells. With ``home`` (a cell per
+    image, -1 for none), an image adds ``stay_cost`` times its distance in cells from its home
+    cell to the objective: a photo the user knows leaves its cell only for a clear gain, and
+    goes no further than that gain pays for."""
     rng = np.random.default_rng(seed)
     nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
@@ -229,6 +240,11 @@ def swap_layout(
         vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols, ring + SWAP_REACH
     )
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
+    # The padded home cell of each image (and of the empty stand-in): -1 where none is kept.
+    home_at = np.full(empty + 1, -1, dtype=np.int64)
+    if home is not None and stay_cost > 0:
+        with_home = np.flatnonzero(np.asarray(home) >= 0)
+        home_at[with_home] = stencil.padded(*np.divmod(np.asarray(home)[with_home], cols))
     allowed = np.ones(len(occupant), dtype=bool)
     if movable is not None:
         allowed[:] = False
@@ -288,6 +304,13 @@ def swap_layout(
                 new_missing = (occupant[new_at] == empty) | (occupant[new_other] == empty)
                 change += _nearest_cost(distance[new_at, new_slot], new_missing, nearest).sum(axis=1)
                 change -= _nearest_cost(distance[at, slot], missing, nearest).sum(axis=1)
+            if stay_cost > 0:
+                home_first, home_second = home_at[occupant[first]], home_at[occupant[second]]
+                away = (
+                    stencil.away(home_first, second) + stencil.away(home_second, first)
+                    - stencil.away(home_first, first) - stencil.away(home_second, second)
+                )  # fmt: skip
+                change += stay_cost * away
             better = change < -1e-9
             if not better.any():
                 continue
@@ -352,6 +375,8 @@ def refine_layout(
     seed: int = SEED,
     starts: int | None = None,
     movable: np.ndarray | None = None,
+    home: np.ndarray | None = None,
+    stay_cost: float = 0.0,
     on_progress=lambda fraction: None,
 ) -> np.ndarray:
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
@@ -370,7 +395,10 @@ def refine_layout(
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
     for start in range(total):
-        cells = swap_layout(components, cell_of_image, rows, cols, seed=seed + start, movable=movable)
+        cells = swap_layout(
+            components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,
+            stay_cost=stay_cost,
+        )  # fmt: skip
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
