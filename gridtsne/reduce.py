@@ -155,6 +155,7 @@ def tsne_map(
     del settings["pca_dims"]
     x = _prepared(embeddings, pca_dims)
     if on_progress is not None:
+        on_progress(PREPARED_SHARE)  # PCA done; the neighbour search and affinities come next
         settings.update(
             _progress_callbacks(on_progress, settings["early_exaggeration_iter"] + settings["n_iter"])
         )
@@ -164,8 +165,11 @@ def tsne_map(
     return np.asarray(embedding, dtype=np.float64), float(embedding.kl_divergence)
 
 
-#: Iterations between two progress reports of t-SNE (each also computes the KL divergence).
-PROGRESS_EVERY = 50
+#: Iterations between two progress reports of t-SNE (each also computes the KL divergence):
+#: at 10,000 photos about a second apart.
+PROGRESS_EVERY = 25
+#: The share of reduce's progress reported once PCA is done, before the iterations.
+PREPARED_SHARE = 0.1
 
 
 def _progress_callbacks(on_progress, iterations: int) -> dict:
@@ -175,7 +179,8 @@ def _progress_callbacks(on_progress, iterations: int) -> dict:
 
     def callback(iteration, error, embedding) -> bool:
         calls[0] += 1
-        on_progress(min(1.0, calls[0] * PROGRESS_EVERY / iterations))
+        done = min(1.0, calls[0] * PROGRESS_EVERY / iterations)
+        on_progress(PREPARED_SHARE + (1.0 - PREPARED_SHARE) * done)
         return False  # True would stop the optimisation
 
     return {"callbacks": [callback], "callbacks_every_iters": PROGRESS_EVERY}
