@@ -56,8 +56,10 @@ def grid_positions(cell_of_image: np.ndarray, cols: int) -> np.ndarray:
 
 
 def _distances(queries: np.ndarray, points: np.ndarray, point_sq: np.ndarray) -> np.ndarray:
-    query_sq = (queries**2).sum(axis=1)[:, None]
-    squared = query_sq - 2.0 * (queries @ points.T) + point_sq[None, :]
+    """Euclidean distances from each query to each point, as float64 (the dot products in the
+    points' own precision)."""
+    query_sq = np.einsum("nd,nd->n", queries, queries, dtype=np.float64)[:, None]
+    squared = query_sq - 2.0 * (queries @ points.T).astype(np.float64) + point_sq[None, :]
     return np.sqrt(np.maximum(squared, 0.0))
 
 
@@ -148,7 +150,11 @@ def layout_quality(
     """
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
-    points = np.asarray(embeddings, dtype=np.float64)
+    # float32 vectors stay float32 (a float64 copy is 10 GB at a million 1,280-d vectors); the
+    # dot products are then float32 and the rest float64 (``_distances``).
+    points = np.asarray(embeddings)
+    if points.dtype not in (np.float32, np.float64):
+        points = points.astype(np.float64)
     n_points = len(points)
     if n_points < 3:
         return {
@@ -166,7 +172,7 @@ def layout_quality(
     else:
         queries = np.arange(n_points)
     k = min(k, n_points - 1)
-    point_sq = (points**2).sum(axis=1)
+    point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
     grid_cells = cells.astype(np.int64)
     ring_rank = _ring_ranks(grid_cells)
     sum_by_k_embedding = np.zeros(n_points - 1)
