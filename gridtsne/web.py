@@ -400,13 +400,38 @@ class WebWriter:
         return {"page": folder / "index.html", "data": folder / "data.js"}
 
 
+def _hold_page(folder: Path) -> int:
+    """``_hold`` on the marker of the page now at ``folder``: after waiting for the lock it is
+    checked to be the marker still there, as a render may have put a new page in place meanwhile."""
+    while True:
+        held = _hold(folder / MARKER)
+        try:
+            now, locked = os.stat(folder / MARKER, follow_symlinks=False), os.fstat(held)
+            if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
+                return held
+        except OSError:
+            os.close(held)
+            raise
+        os.close(held)
+
+
 def _replace_folder(new: Path, folder: Path) -> None:
-    """Put ``new`` where ``folder`` is; the old page is moved aside first, then removed."""
-    old = None
+    """Put ``new`` where ``folder`` is; the old page is moved aside first, then removed. The old
+    page's marker is held meanwhile, so that a render reading or writing in it has done so first."""
+    old, held = None, None
     if folder.exists():
-        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
-        os.replace(folder, old / folder.name)
-    os.replace(new, folder)
+        if folder.is_dir() and not folder.is_symlink():
+            with contextlib.suppress(OSError):  # no usable marker: no render can be rewriting it
+                held = _hold_page(folder)
+        try:
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.replace(folder, old / folder.name)
+            os.replace(new, folder)
+        finally:
+            if held is not None:
+                os.close(held)
+    else:
+        os.replace(new, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
