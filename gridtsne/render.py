@@ -15,6 +15,8 @@ picture in memory; "html" writes a folder with a tile pyramid (``web.py``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import struct
 import sys
@@ -415,7 +417,8 @@ class RenderStage(Stage):
         parameters = {**options.freshness(), "output": output, "format": name}
         if isinstance(options.labels, str):
             parameters["labels"] = str(Path(options.labels).absolute())
-        return Plan(parameters, self.inputs(workdir, options))
+        inputs = self.inputs(workdir, options)
+        return Plan(parameters, inputs, page_keys(parameters, inputs) if self.is_page(options) else None)
 
     def inputs(self, workdir: Workdir, options: RenderOptions) -> dict:
         manifest = workdir.read_manifest("assign") or {"results": {}}
@@ -459,6 +462,7 @@ class RenderStage(Stage):
             writer = web.WebWriter(options.quality, preview_px=options.preview, jobs=context.jobs,
                                    embeddings=workdir.file(EMBEDDINGS),
                                    neighbours_cache=workdir.file(web.NEIGHBOURS_CACHE))  # fmt: skip
+            writer.key, writer.labels_key = prepared
         output = STDOUT if to_stdout else Path(options.output).absolute()
         listing = workdir.load_images()["images"]
         if self.is_page(options) and options.labels is not None:
@@ -485,6 +489,7 @@ class RenderStage(Stage):
             "decoded": tile_maker.decoded,
             "from_cache": tile_maker.cached,
             "unreadable": mosaic.unreadable,
+            **({"labels_only": True} if written.get("labels_only") else {}),
         }
 
     def check_destination(self, workdir: Workdir, options: RenderOptions, photos=()) -> None:
@@ -501,12 +506,28 @@ class RenderStage(Stage):
         may_write_over(workdir, output, options.overwrite, photos)
 
     def describe(self, summary: dict) -> str:
+        if summary.get("labels_only"):
+            return f"render: {summary['output']} (only the labels changed: data.js rewritten)"
         missing = f", {len(summary['unreadable'])} unreadable" if summary["unreadable"] else ""
         cached = f", {summary['from_cache']} from the tile cache" if summary.get("from_cache") else ""
         return (
             f"render: {summary['output']} ({summary['width']}x{summary['height']} px, "
             f"{summary['tiles']} tiles{cached}{missing})"
         )
+
+
+def page_keys(parameters: dict, inputs: dict) -> tuple[str, str]:
+    """Two digests of a web page: of what all but its labels are made from (render's parameters
+    and inputs but the labels, and the version), and of its labels. A page whose first matches
+    and second differs needs only a new data.js (``web.WebWriter``)."""
+
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    unlabelled = {kind: {name: value for name, value in values.items() if name != "labels"}
+                  for kind, values in (("parameters", parameters), ("inputs", inputs))}  # fmt: skip
+    labelled = [parameters.get("labels"), inputs.get("labels")]
+    return digest({**unlabelled, "version": __version__}), digest(labelled)
 
 
 #: Labelled paths that are no photo of the layout, named in the warning.

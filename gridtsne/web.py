@@ -17,6 +17,13 @@ The folder is built beside its final place and renamed into place. A render
 killed meanwhile leaves its hidden ``.NAME.*.tmp`` folder behind; the next
 render of that page removes it, knowing it by the marker file inside, which
 its builder holds locked while it works.
+
+The marker also records digests of what the tiles, previews and neighbours
+were made from (everything but the labels) and of the labels. A render that
+changes only the labels rewrites only ``data.js`` (and the marker) in the page
+as it stands: a new labels file must not redo a pyramid of 100,000 photos.
+The page's marker is held locked while it does, and while a new folder is put
+in the page's place, so the two never interleave.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from PIL import Image
 
 from gridtsne import images, labels, regions, tiles
 from gridtsne.errors import StageError
+from gridtsne.workdir import atomic_write
 
 PYRAMID_TILE_PX = 256
 TEMPLATE = Path(__file__).with_name("web_page.html")
@@ -347,6 +355,10 @@ class WebWriter:
         self.counts: dict = {}
         #: Each photo's label ("" for none), by image index; None: the folders are the labels.
         self.labels: list[str] | None = None
+        #: Digests of what all but the labels are made from, and of the labels: a page of the same
+        #: key and other labels gets only a new data.js. None: always build the whole page.
+        self.key: str | None = None
+        self.labels_key: str | None = None
 
     def check(self, width: int, height: int) -> None:
         """Any size works: the page loads only the tiles in view."""
@@ -359,12 +371,15 @@ class WebWriter:
             raise StageError(
                 f"{folder} exists and is not a page gridtsne wrote: remove it or name another .html file"
             )
+        written = {"page": folder / "index.html", "data": folder / "data.js"}
+        if self.key is not None and self._rewrite_data(mosaic, folder):
+            return {**written, "labels_only": True}
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_builds(folder)
         building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
         claim = None
         try:
-            (building / MARKER).write_text("written by gridtsne render; replaced by the next one\n")
+            (building / MARKER).write_text(MARKER_NOTE)
             claim = _hold(building / MARKER)  # until the end: a render meanwhile sees this one is alive
             pyramid = Pyramid(building / "tiles", mosaic.width, mosaic.height, self.quality)
             for strip in mosaic.strips(PYRAMID_TILE_PX):
@@ -382,13 +397,13 @@ class WebWriter:
                 index, similarity = page_neighbours(self.embeddings, order, self.jobs, self.neighbours_cache)
                 write_neighbours(building / "neighbours.js", index, similarity)
                 extra["neighbours"] = "neighbours.js"
-            label_of_photo = [self.labels[index] for index in order] if self.labels is not None else None
-            data = page_data(mosaic, folder, pyramid.levels, order, label_of_photo, **extra)
-            (building / "data.js").write_text(
-                "window.GRIDTSNE = " + json.dumps(data, separators=(",", ":")) + ";\n", encoding="utf-8"
-            )
-            page = TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", html.escape(folder.name))
-            (building / "index.html").write_text(page, encoding="utf-8")
+            (building / "data.js").write_text(self._data_js(mosaic, folder, order, extra), encoding="utf-8")
+            (building / "index.html").write_text(_index_html(folder), encoding="utf-8")
+            # Photos whose tile is missing, by page index (no path of this machine goes into the page).
+            page_of = {mosaic.entries[index]["path"]: p for p, index in enumerate(order)}
+            unreadable = [[page_of[photo["path"]], photo["reason"]] for photo in mosaic.unreadable]
+            state = {"key": self.key, "labels": self.labels_key, "extra": extra, "unreadable": unreadable}
+            (building / MARKER).write_text(_marker_text(state))  # the same file: still held
             os.chmod(building, 0o755)
             _replace_folder(building, folder)
         except BaseException:
@@ -397,16 +412,111 @@ class WebWriter:
         finally:
             if claim is not None:
                 os.close(claim)
-        return {"page": folder / "index.html", "data": folder / "data.js"}
+        return written
+
+    def _data_js(self, mosaic, folder: Path, order: list[int], extra: dict) -> str:
+        label_of_photo = [self.labels[index] for index in order] if self.labels is not None else None
+        levels = pyramid_levels(mosaic.width, mosaic.height)
+        data = page_data(mosaic, folder, levels, order, label_of_photo, **extra)
+        return "window.GRIDTSNE = " + json.dumps(data, separators=(",", ":")) + ";\n"
+
+    def _rewrite_data(self, mosaic, folder: Path) -> bool:
+        """Give the page at ``folder`` a new data.js (and marker), and touch nothing else, when its
+        marker says only the labels differ and the page is whole; False (and nothing written)
+        otherwise, for a new page to be built. A link is never written into."""
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        try:
+            held = _hold_page(folder)
+        except OSError:
+            return False
+        try:
+            state = _page_state(held)
+            if state.get("key") != self.key or state.get("labels") == self.labels_key:
+                return False  # more than the labels changed, or nothing did: build it all, as asked
+            if not isinstance(state.get("extra"), dict) or not isinstance(state.get("unreadable"), list):
+                return False
+            if not _whole(folder):
+                return False
+            order = photo_order(mosaic)
+            text = self._data_js(mosaic, folder, order, state["extra"])
+            atomic_write(folder / "data.js", lambda handle: handle.write(text.encode("utf-8")))
+            marker = _marker_text({**state, "labels": self.labels_key})
+            atomic_write(folder / MARKER, lambda handle: handle.write(marker.encode("utf-8")))
+            mosaic.unreadable = [{"path": mosaic.entries[order[p]]["path"], "reason": reason}
+                                 for p, reason in state["unreadable"]]  # fmt: skip
+            return True
+        finally:
+            os.close(held)
+
+
+#: The marker's first line, for a person who finds it; the page's state follows as JSON.
+MARKER_NOTE = "written by gridtsne render; replaced by the next one\n"
+
+
+def _index_html(folder: Path) -> str:
+    return TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", html.escape(folder.name))
+
+
+def _whole(folder: Path) -> bool:
+    """Whether a page has its tiles and this gridtsne's index.html (not one changed by hand)."""
+    index_html = folder / "index.html"
+    if not (folder / "tiles").is_dir() or index_html.is_symlink():
+        return False
+    try:
+        return index_html.read_bytes() == _index_html(folder).encode("utf-8")
+    except OSError:
+        return False
+
+
+def _marker_text(state: dict) -> str:
+    return MARKER_NOTE + json.dumps(state) + "\n"
+
+
+def _page_state(marker_fd: int) -> dict:
+    """What the marker records of its page (see ``save``); {} for none (an older gridtsne's)."""
+    with open(marker_fd, "rb", closefd=False) as handle:
+        handle.seek(0)
+        _, _, rest = handle.read().decode("utf-8", "replace").partition("\n")
+    try:
+        state = json.loads(rest)
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _hold_page(folder: Path) -> int:
+    """``_hold`` on the marker of the page now at ``folder``: after waiting for the lock it is
+    checked to be the marker still there, as a render may have put a new page in place meanwhile."""
+    while True:
+        held = _hold(folder / MARKER)
+        try:
+            now, locked = os.stat(folder / MARKER, follow_symlinks=False), os.fstat(held)
+            if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
+                return held
+        except OSError:
+            os.close(held)
+            raise
+        os.close(held)
 
 
 def _replace_folder(new: Path, folder: Path) -> None:
-    """Put ``new`` where ``folder`` is; the old page is moved aside first, then removed."""
-    old = None
+    """Put ``new`` where ``folder`` is; the old page is moved aside first, then removed. The old
+    page's marker is held meanwhile, so that a render rewriting its data.js has done so first."""
+    old, held = None, None
     if folder.exists():
-        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
-        os.replace(folder, old / folder.name)
-    os.replace(new, folder)
+        if folder.is_dir() and not folder.is_symlink():
+            with contextlib.suppress(OSError):  # no usable marker: no render can be rewriting it
+                held = _hold_page(folder)
+        try:
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+            os.replace(folder, old / folder.name)
+            os.replace(new, folder)
+        finally:
+            if held is not None:
+                os.close(held)
+    else:
+        os.replace(new, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -1,8 +1,11 @@
 """The web page folder: the tile pyramid, the data the page reads, replacing it safely."""
 
 import base64
+import fcntl
 import json
+import os
 import re
+import threading
 import urllib.parse
 
 import numpy as np
@@ -226,6 +229,137 @@ def test_render_rewrites_the_page_when_the_labels_file_changes_and_only_then(
     assert render.run(work, inline, skip_if_fresh=True)["ran"] is False
     assert render.run(work, inline.replace(labels=[("colours/red.jpg", "warm")]), skip_if_fresh=True)["ran"]
     assert page_data(tmp_path / "page")["labels"] == ["warm"]
+
+
+def stamps(folder):
+    """(inode, modification time) of a page folder (".") and of everything in it."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_ino, path.stat().st_mtime_ns)
+        for path in [folder, *folder.rglob("*")]
+    }
+
+
+def changed(before, after):
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+
+
+def test_a_new_labels_file_rewrites_only_data_js_in_the_page_as_it_stands(cli, tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("colours/red.jpg,warm\n")
+    page = tmp_path / "page"
+    args = ["render", tmp_path / "page.html", "-w", work.path, "--tile", 16, "--preview", 32]
+    assert cli(*args, "--labels", labels_csv).exit_code == 0
+    before = stamps(page)
+    assert {"tiles/0/0_0.jpg", "previews/0.jpg", "neighbours.js", "index.html"} <= before.keys()
+
+    labels_csv.write_text("colours/red.jpg,hot\ncolours/yellow.jpg,hot\ncolours/blue.jpg,cold\n")
+    result = cli(*args, "--labels", labels_csv)
+    assert result.exit_code == 0, result.stderr
+    assert "only the labels changed: data.js rewritten" in result.stderr
+    after = stamps(page)
+    assert changed(before, after) == {".", "data.js", web.MARKER}  # ".": data.js replaced in it
+    assert page_data(page)["labels"] == ["hot", "cold"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["colours", "labels.csv", "page", "work"]
+    assert {p.name for p in page.iterdir()} == {
+        "index.html", "data.js", "neighbours.js", "previews", "tiles", web.MARKER
+    }  # fmt: skip
+    # The same data.js as a whole new page of these labels has.
+    assert cli(args[0], tmp_path / "fresh.html", *args[2:], "--labels", labels_csv).exit_code == 0
+    assert (page / "data.js").read_text() == (tmp_path / "fresh" / "data.js").read_text()
+
+    assert cli(*args).exit_code == 0  # no labels now: the folders are the groups again
+    assert changed(after, stamps(page)) == {".", "data.js", web.MARKER}
+    assert page_data(page)["labels"] is None
+
+    # render asked again with nothing changed builds the page again, as it always has
+    before = stamps(page)
+    assert "only the labels changed" not in cli(*args).stderr
+    assert before["tiles/0/0_0.jpg"] != stamps(page)["tiles/0/0_0.jpg"]
+
+
+def test_new_inline_labels_rewrite_only_data_js_and_a_rerun_with_nothing_new_rewrites_nothing(
+    tmp_path, colour_photos
+):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    red = str(tmp_path / "colours" / "red.jpg")
+    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=32, labels=[(red, "warm")])
+    first = render.run(work, options, skip_if_fresh=True)
+    before = stamps(tmp_path / "page")
+    second = render.run(work, options.replace(labels=[(red, "hot")]), skip_if_fresh=True)
+    after = stamps(tmp_path / "page")
+    assert changed(before, after) == {".", "data.js", web.MARKER}
+    assert page_data(tmp_path / "page")["labels"] == ["hot"]
+    assert second["labels_only"] and (second["decoded"], second["from_cache"]) == (0, 0)
+    assert {k: second[k] for k in ("output", "width", "height", "tiles", "unreadable")} == {
+        k: first[k] for k in ("output", "width", "height", "tiles", "unreadable")
+    }
+    assert render.run(work, options.replace(labels=[(red, "hot")]), skip_if_fresh=True)["ran"] is False
+    assert stamps(tmp_path / "page") == after  # nothing changed: nothing rewritten
+
+
+def test_a_change_beside_the_labels_still_builds_the_page_afresh(tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("colours/red.jpg,warm\n")
+    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=32, labels=str(labels_csv))
+    render.run(work, options)
+    page = tmp_path / "page"
+
+    def rebuilt(change):
+        before = stamps(page)
+        labels_csv.write_text(labels_csv.read_text() + "colours/blue.jpg,cold\n")  # labels change too
+        change()
+        assert render.run(work, options, skip_if_fresh=True)["ran"]
+        after = stamps(page)
+        return before["tiles/0/0_0.jpg"] != after["tiles/0/0_0.jpg"] and before["."] != after["."]
+
+    assert rebuilt(lambda: None) is False  # labels alone: the same page
+    new_cells = [0, 4, 8, 2, 6, 3]
+    assert rebuilt(lambda: layout_workdir(tmp_path / "work", colour_photos, new_cells, 3, 3))  # the grid
+    assert [photo["cell"] for photo in photo_table(page)] == sorted(new_cells)
+    options = options.replace(quality=50)
+    assert rebuilt(lambda: None)
+    options = options.replace(preview=40)
+    assert rebuilt(lambda: None)
+    assert rebuilt(lambda: (page / "index.html").write_text("changed by hand"))  # a damaged page
+    assert "GRIDTSNE" in (page / "index.html").read_text()
+    assert rebuilt(lambda: (page / web.MARKER).write_text(web.MARKER_NOTE))  # an older gridtsne's page
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_labels_rewrite_never_writes_through_a_link_in_the_page_s_place(tmp_path, colour_photos):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("colours/red.jpg,warm\n")
+    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=0, labels=str(labels_csv))
+    render.run(work, options)
+    (tmp_path / "page").rename(tmp_path / "elsewhere")
+    (tmp_path / "page").symlink_to(tmp_path / "elsewhere")
+    data_elsewhere = (tmp_path / "elsewhere" / "data.js").read_text()
+    labels_csv.write_text("colours/red.jpg,hot\n")
+    render.run(work, options)
+    assert (tmp_path / "elsewhere" / "data.js").read_text() == data_elsewhere
+    assert not (tmp_path / "page").is_symlink() and page_data(tmp_path / "page")["labels"] == ["hot"]
+
+
+@pytest.mark.parametrize("quality", [90, 50], ids=["labels only", "a new page"])
+def test_a_render_waits_for_another_render_holding_the_page(tmp_path, colour_photos, quality):
+    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("colours/red.jpg,warm\n")
+    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=0, labels=str(labels_csv))
+    render.run(work, options)
+    labels_csv.write_text("colours/red.jpg,hot\n")
+    held = os.open(tmp_path / "page" / web.MARKER, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a render rewriting its data.js or replacing it holds it
+    rewrite = threading.Thread(target=render.run, args=(work, options.replace(quality=quality)))
+    rewrite.start()
+    rewrite.join(0.5)
+    assert rewrite.is_alive() and page_data(tmp_path / "page")["labels"] == ["warm"]
+    os.close(held)
+    rewrite.join(30)
+    assert not rewrite.is_alive() and page_data(tmp_path / "page")["labels"] == ["hot"]
 
 
 def test_the_page_names_regions_of_the_map_by_their_folders(tmp_path):
