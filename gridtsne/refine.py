@@ -122,11 +122,13 @@ class _NeighbourDistances:
     def padded(self, row, col):
         return (np.asarray(row) + self.reach) * self.width + np.asarray(col) + self.reach
 
-    def away(self, home: np.ndarray, cell: np.ndarray) -> np.ndarray:
-        """Cells (euclidean) from each padded ``home`` to each padded ``cell``; 0 without a home."""
+    def away(self, home: np.ndarray, cell: np.ndarray, leave: float = 0.0) -> np.ndarray:
+        """Cells (euclidean) from each padded ``home`` to each padded ``cell``, plus ``leave``
+        when they differ; 0 without a home."""
         d_row = home // self.width - cell // self.width
         d_col = home % self.width - cell % self.width
-        return np.where(home >= 0, np.sqrt(d_row * d_row + d_col * d_col), 0.0)
+        distance = np.sqrt(d_row * d_row + d_col * d_col)
+        return np.where(home >= 0, distance + leave * (distance > 0), 0.0)
 
     def slot(self, d_row: int, d_col: int) -> int:
         return (d_row + self.reach) * self.side + d_col + self.reach
@@ -221,12 +223,13 @@ def swap_layout(
     movable: np.ndarray | None = None,
     home: np.ndarray | None = None,
     stay_cost: float = 0.0,
+    leave: float = 0.0,
 ) -> np.ndarray:
     """Exact pair swaps that lower the objective (see the module docstring); with
     ``movable`` (a bool per cell), only between two movable cells. With ``home`` (a cell per
     image, -1 for none), an image adds ``stay_cost`` times its distance in cells from its home
-    cell to the objective: a photo the user knows leaves its cell only for a clear gain, and
-    goes no further than that gain pays for."""
+    cell (plus ``leave`` when it is not there) to the objective: a photo the user knows
+    leaves its cell only for a clear gain, and goes no further than that gain pays for."""
     rng = np.random.default_rng(seed)
     nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
@@ -307,8 +310,8 @@ def swap_layout(
             if stay_cost > 0:
                 home_first, home_second = home_at[occupant[first]], home_at[occupant[second]]
                 away = (
-                    stencil.away(home_first, second) + stencil.away(home_second, first)
-                    - stencil.away(home_first, first) - stencil.away(home_second, second)
+                    stencil.away(home_first, second, leave) + stencil.away(home_second, first, leave)
+                    - stencil.away(home_first, first, leave) - stencil.away(home_second, second, leave)
                 )  # fmt: skip
                 change += stay_cost * away
             better = change < -1e-9
@@ -377,6 +380,7 @@ def refine_layout(
     movable: np.ndarray | None = None,
     home: np.ndarray | None = None,
     stay_cost: float = 0.0,
+    leave: float = 0.0,
     on_progress=lambda fraction: None,
 ) -> np.ndarray:
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
@@ -397,7 +401,7 @@ def refine_layout(
     for start in range(total):
         cells = swap_layout(
             components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,
-            stay_cost=stay_cost,
+            stay_cost=stay_cost, leave=leave,
         )  # fmt: skip
         cost = neighbour_cost(components, cells, rows, cols)
         if cost < best_cost:  # the first of equals: the result does not depend on timing
