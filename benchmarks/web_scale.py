@@ -116,10 +116,10 @@ def make_photos(pool: list[tuple[Path, str]], n: int, folder: Path, seed: int) -
 
 
 def seed_cache(cache: Path, sources: list[Path]) -> int:
-    """Copies the chunks of other embedding caches into ``cache`` (new names only)."""
+    """Copies the chunks (``chunk-*.npz``, ``merged-*.npz``) of other embedding caches into ``cache``."""
     copied = 0
     for source in sources:
-        for chunk in sorted(source.glob("*/chunk-*.npz")):
+        for chunk in sorted(source.glob("*/*.npz")):
             target = cache / chunk.parent.name / chunk.name
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
