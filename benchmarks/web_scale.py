@@ -4,6 +4,11 @@
         [--cache-from WORK/cache ...] [--keep DIR] [--json web_scale.json] [--queries flower,animals]
     python benchmarks/web_scale.py --measure DIR/web-100000 ...     # measure pages already written
 
+--photos names folders of real photos, e.g. the nine collections that
+``benchmarks/image_collections.py --out /work/collections`` builds (11,529
+images); --cache-from the caches of earlier runs on them (--cache DIR of
+``gridtsne all``), e.g. ``/work/layout-work/*/cache`` of layout_quality.py.
+
 For each size N, a folder of N photos is made in a temporary folder from the
 photos under --photos (gridtsne's own walk of them): a random sample (seeded)
 when there are at least N, else all of them repeated, each copy in its own
