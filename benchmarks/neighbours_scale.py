@@ -45,7 +45,8 @@ def save_mixture(path: Path, n: int) -> None:
     np.save(path, mixture(n))
 
 
-def measure(vectors: np.ndarray, label: str, exact: bool | None) -> None:
+def measure(vectors: np.ndarray, label: str, exact: bool | None) -> dict:
+    """Prints one row of the table and returns it (benchmarks/web_scale.py reuses it)."""
     n, dims = vectors.shape
     if exact is None:
         exact = dims <= neighbours.REDUCED_DIMS or n * n * dims <= neighbours.EXACT_BUDGET
@@ -68,6 +69,8 @@ def measure(vectors: np.ndarray, label: str, exact: bool | None) -> None:
     search = "exact" if exact else "reduced"
     print(f"{label:>12} {n:>7} {search:>8} {seconds:>8.1f} {cpu_seconds:>8.1f} {peak:>9.0f} "
           f"{recall:>10.4f} {kept:>9.4f}", flush=True)  # fmt: skip
+    return {"n": n, "search": search, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "recall_at_12": float(recall), "similarity_kept": float(kept)}  # fmt: skip
 
 
 def _unit(vectors: np.ndarray, rows) -> np.ndarray:
