@@ -2,6 +2,7 @@
 
     python benchmarks/neighbours_scale.py [N ...]        (default: 1000 10000 100000)
     python benchmarks/neighbours_scale.py --embeddings WORK/embeddings.npy
+    python benchmarks/neighbours_scale.py --repeat-to 100000 WORK1/embeddings.npy WORK2/...
 
 For each N: the synthetic mixture (benchmarks/datasets.py, 1280-d), saved and
 memory-mapped as render reads embeddings.npy; ``neighbours.most_similar`` on
@@ -12,7 +13,9 @@ count), which search ran, and the recall of the exact top 12 (numpy, float64
 on the full vectors) over 500 photos drawn at random, and the share of the exact
 top 12's summed similarity that the found 12 have ("sim kept": below 1 only
 where a miss is less similar). With --embeddings: real vectors, searched both
-ways. Limit the cores with
+ways. With --repeat-to N: the distinct real vectors of the files given,
+repeated to N rows, searched as render would (repeats are exact ties: recall
+is lower for them). Limit the cores with
 ``taskset -c 0,1`` (and OPENBLAS_NUM_THREADS=2) to measure "two cores".
 """
 
@@ -43,6 +46,12 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def save_mixture(path: Path, n: int) -> None:
     np.save(path, mixture(n))
+
+
+def save_repeated(path: Path, files: list[str], n: int) -> None:
+    """The distinct rows of the embeddings in ``files``, repeated in turn to ``n`` rows."""
+    rows = np.unique(np.vstack([np.load(file) for file in files]).astype(np.float32), axis=0)
+    np.save(path, np.resize(rows, (n, rows.shape[1])))
 
 
 def measure(vectors: np.ndarray, label: str, exact: bool | None) -> dict:
@@ -86,6 +95,13 @@ def main():
         vectors = np.load(arguments[1], mmap_mode="r")
         for exact in (True, False):
             measure(vectors, Path(arguments[1]).parent.name[:12], exact)
+        return
+    if arguments[:1] == ["--repeat-to"]:  # N rows: the distinct real vectors of FILES, repeated
+        n, files = int(arguments[1]), arguments[2:]
+        with tempfile.TemporaryDirectory() as tmp:
+            with ProcessPoolExecutor(1) as maker:
+                maker.submit(save_repeated, Path(tmp) / "embeddings.npy", files, n).result()
+            measure(np.load(Path(tmp) / "embeddings.npy", mmap_mode="r"), "real, repeated", None)
         return
     for n in [int(a) for a in arguments] or [1000, 10_000, 100_000]:
         with tempfile.TemporaryDirectory() as tmp:
