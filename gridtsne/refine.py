@@ -88,7 +88,7 @@ def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape[1] <= dims:
         return vectors
-    return pca(vectors, dims).astype(np.float32)
+    return pca(vectors, dims).astype(np.float32, copy=False)
 
 
 class _NeighbourDistances:

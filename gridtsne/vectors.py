@@ -48,10 +48,12 @@ def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False) -> np.ndarray:
     variances, vectors = variances[::-1], vectors[:, ::-1]
     if gram:
         projected = vectors * np.sqrt(np.maximum(variances, 0.0))
-    else:
-        projected = np.concatenate([chunk @ vectors for chunk in _chunks(x, mean, unit_rows)])
+    else:  # filled chunk by chunk: no list of chunks beside the result
+        projected = np.empty((len(x), keep), dtype=np.result_type(matrix.dtype, vectors.dtype))
+        for start, chunk in zip(range(0, len(x), PCA_CHUNK_ROWS), _chunks(x, mean, unit_rows), strict=True):
+            projected[start : start + len(chunk)] = chunk @ vectors
     largest = projected[np.abs(projected).argmax(axis=0), np.arange(projected.shape[1])]
-    projected = projected * np.where(largest < 0, -1.0, 1.0)
+    projected[:, largest < 0] *= -1  # in place: a float32 result stays float32, and one copy
     if projected.shape[1] < dims:
         projected = np.hstack([projected, np.zeros((len(x), dims - projected.shape[1]))])
     return projected
