@@ -21,6 +21,17 @@ const browser = await chromium.launch({
 const report = { errors: [], requests: [] };
 const state = (page) => page.evaluate(() => window.gridtsneView.state());
 const centre = (page, cell) => page.evaluate((c) => window.gridtsneView.cellCentre(c), cell);
+
+// Shift-drag a rectangle from a little outside one cell to a little outside another: a selection.
+async function shiftDrag(page, firstCell, lastCell) {
+  const a = await centre(page, firstCell), b = await centre(page, lastCell);
+  await page.keyboard.down("Shift");
+  await page.mouse.move(a.x - 5, a.y - 5);
+  await page.mouse.down();
+  await page.mouse.move(b.x + 5, b.y + 5, { steps: 6 });
+  await page.mouse.up();
+  await page.keyboard.up("Shift");
+}
 const settle = (page) => page.waitForFunction(() => !window.gridtsneView.state().flying, null, { timeout: 5000 })
   .then(() => page.waitForTimeout(50));
 
@@ -142,13 +153,7 @@ try {
   await page.keyboard.press("0");
   await page.waitForTimeout(50);
   if (job.rectangle) {
-    const a = await centre(page, job.rectangle[0]), b = await centre(page, job.rectangle[1]);
-    await page.keyboard.down("Shift");
-    await page.mouse.move(a.x - 5, a.y - 5);
-    await page.mouse.down();
-    await page.mouse.move(b.x + 5, b.y + 5, { steps: 6 });
-    await page.mouse.up();
-    await page.keyboard.up("Shift");
+    await shiftDrag(page, job.rectangle[0], job.rectangle[1]);
     report.rectangle = {
       selected: (await state(page)).selected,
       count: await page.textContent("#selected"),
@@ -216,13 +221,7 @@ try {
     if (await page.isVisible("#clear")) await page.click("#clear");
   }
   async function selectAll(first, last) {
-    const a = await centre(page, first), b = await centre(page, last);
-    await page.keyboard.down("Shift");
-    await page.mouse.move(a.x - 5, a.y - 5);
-    await page.mouse.down();
-    await page.mouse.move(b.x + 5, b.y + 5, { steps: 6 });
-    await page.mouse.up();
-    await page.keyboard.up("Shift");
+    await shiftDrag(page, first, last);
     const selected = (await state(page)).selected;
     await page.click("#clear");
     return selected;
