@@ -171,7 +171,10 @@ class Retention:
         except OSError:
             return
         if disk.free - needed < self.reserve(disk.total):
-            self.run()
+            # A pass that fails (a locked database, a disk too full even for it) leaves the
+            # write itself to find out, and be answered 507, never a 500.
+            with contextlib.suppress(OSError, sqlite3.Error):
+                self.run()
 
     @staticmethod
     def reserve(total: int) -> int:
