@@ -175,9 +175,11 @@ def layout_quality(
     point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
     grid_cells = cells.astype(np.int64)
     ring_rank = _ring_ranks(grid_cells)
-    sum_by_k_embedding = np.zeros(n_points - 1)
-    sum_by_k_grid = np.zeros(n_points - 1)
-    sum_by_k_authors = np.zeros(n_points - 1)
+    # Each query's distances in each order, summed over the queries: D_k is then the running
+    # sum at k over k (a sum of running sums is the running sum of the sums: one at the end).
+    sum_embedding = np.zeros(n_points - 1)
+    sum_grid = np.zeros(n_points - 1)
+    sum_authors = np.zeros(n_points - 1)
     sum_random, shared_neighbours = 0.0, 0.0
     ranks = np.arange(1, n_points)
     chunk = max(1, _CHUNK_BYTES // (8 * n_points))
@@ -190,24 +192,26 @@ def layout_quality(
         by_embedding = np.argsort(embedding_distance, axis=1)
         # Self (distance 0) comes first and is dropped.
         nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
-        sum_by_k_embedding += (np.cumsum(nearest, axis=1) / ranks).sum(axis=0)
+        sum_embedding += nearest.sum(axis=0)
         sum_random += nearest.sum() / (n_points - 1)
         closest = min(n_points, k + 1 + _TIE_MARGIN)
-        candidates = np.argpartition(embedding_distance, closest - 1, axis=1)[:, :closest]
         for row, embedding_row in enumerate(embedding_distance):
             authors_order, authors_weight = _favourable_grid_order(
                 ring_rank[grid_distance[row]], by_embedding[row], embedding_row, k
             )
-            sum_by_k_authors += np.cumsum(authors_order) / ranks
+            sum_authors += authors_order
             if ties == "expected":
                 along_grid, grid_weight = _expected_grid_order(grid_distance[row], embedding_row, k)
-                sum_by_k_grid += np.cumsum(along_grid) / ranks
+                sum_grid += along_grid
             else:
                 grid_weight = authors_weight
-            own = candidates[row][np.argsort(embedding_row[candidates[row]], kind="stable")][1:]
+            own = by_embedding[row, 1:closest]
             neighbour, embedding_weight = _nearest_weights(embedding_row[own], own, k)
             shared_neighbours += np.minimum(embedding_weight, grid_weight[neighbour]).sum()
     random_distance = sum_random / len(queries)
+    sum_by_k_embedding, sum_by_k_grid, sum_by_k_authors = (
+        np.cumsum(total) / ranks for total in (sum_embedding, sum_grid, sum_authors)
+    )
     if ties == "favourable":
         sum_by_k_grid = sum_by_k_authors
     if random_distance <= 0:  # every image identical: any layout is perfect

@@ -27,7 +27,7 @@ import numpy as np
 from gridtsne.errors import OptionMismatch, StageError
 from gridtsne.options import ReduceOptions
 from gridtsne.stage import Context, Stage
-from gridtsne.vectors import match_rows, normalise, pca, row_keys
+from gridtsne.vectors import match_rows, nearest_unit_rows, normalise, pca, row_keys
 from gridtsne.workdir import (
     COORDS,
     EMBEDDINGS,
@@ -186,12 +186,39 @@ def _progress_callbacks(on_progress, iterations: int) -> dict:
     return {"callbacks": [callback], "callbacks_every_iters": PROGRESS_EVERY}
 
 
-#: Placing new photos searches the staying ones exactly below this many: the brute-force
-#: search was faster than Annoy's index up to 100,000 points here (0.4 against 1.8 s at 9,000;
-#: docs/benchmarks.md). A fresh map keeps Annoy from ANNOY_FROM_POINTS on: there exact
-#: neighbours cost NP@10 on two collections. Where new photos sit on the map only matters to
-#: coords.npy (assign places them by their kin), so their placing is made cheap.
-EXACT_PLACING_BELOW = 100_000
+#: Placing new photos searches the staying ones exactly, in the full embedding, while there
+#: are at most this many (new, staying) pairs: at 10,000 photos (1,000 new) the search takes
+#: a tenth of a second, where openTSNE's affinities of every staying photo took half a second
+#: and their PCA most of another (docs/benchmarks.md). Above, openTSNE's own neighbour index
+#: over PCA-50 (Annoy from ``ANNOY_FROM_POINTS`` staying photos). Where new photos sit on the
+#: map only matters to coords.npy (assign places them by their kin), so their placing is cheap.
+EXACT_PLACING_PAIRS = 100_000_000
+
+
+def _affinities_to_kept(kept_rows: np.ndarray):
+    """openTSNE affinities whose ``to_new`` (all that ``TSNEEmbedding.transform`` asks of them)
+    finds a new photo's neighbours among ``kept_rows`` (unit vectors) by an exact search.
+
+    ``PerplexityBasedNN`` would first build the neighbour graph of every staying photo, which
+    placing never uses."""
+    import scipy.sparse
+    from openTSNE.affinity import Affinities, joint_probabilities_nn
+
+    class AffinitiesToKept(Affinities):
+        def __init__(self):
+            super().__init__()
+            # The staying photos' own affinities: never used by ``transform``, only checked for shape.
+            self.P = scipy.sparse.csr_matrix((len(kept_rows), len(kept_rows)))
+
+        def to_new(self, data, perplexity=5.0, return_distances=False):
+            neighbours, distances = nearest_unit_rows(data, kept_rows, k=int(3 * perplexity))
+            probabilities = joint_probabilities_nn(
+                neighbours, distances, [perplexity], symmetrize=False, normalization="point-wise",
+                n_reference_samples=len(kept_rows), n_jobs=TSNE_JOBS,
+            )  # fmt: skip
+            return (probabilities, neighbours, distances) if return_distances else probabilities
+
+    return AffinitiesToKept()
 
 
 def place_new_points(
@@ -218,18 +245,23 @@ def place_new_points(
     points[kept] = kept_map
     if kept.all():
         return points
-    settings = tsne_settings(int(kept.sum()), perplexity, pca_dims)
-    perplexity = _checked_perplexity(settings, int(kept.sum()))
-    x = _prepared(embeddings, pca_dims)
-    method = "exact" if kept.sum() < EXACT_PLACING_BELOW else settings["neighbors"]
-    affinities = PerplexityBasedNN(
-        x[kept], perplexity=perplexity, method=method, n_jobs=TSNE_JOBS, random_state=seed
-    )
+    n_kept, n_new = int(kept.sum()), int((~kept).sum())
+    if n_kept * n_new <= EXACT_PLACING_PAIRS:
+        unit = normalise(np.asarray(embeddings, dtype=np.float32))
+        affinities, new_rows = _affinities_to_kept(unit[kept]), unit[~kept]
+    else:
+        settings = tsne_settings(n_kept, perplexity, pca_dims)
+        perplexity = _checked_perplexity(settings, n_kept)
+        x = _prepared(embeddings, pca_dims)
+        affinities = PerplexityBasedNN(
+            x[kept], perplexity=perplexity, method=settings["neighbors"], n_jobs=TSNE_JOBS, random_state=seed
+        )
+        new_rows = x[~kept]
     reference = TSNEEmbedding(
         np.ascontiguousarray(kept_map), affinities, n_jobs=TSNE_JOBS, random_state=seed,
         negative_gradient_method="fft",  # for the new points alone, 8 times as fast as BH at 9,000
     )  # fmt: skip
-    points[~kept] = np.asarray(reference.transform(x[~kept]), dtype=np.float64)
+    points[~kept] = np.asarray(reference.transform(new_rows), dtype=np.float64)
     return points
 
 

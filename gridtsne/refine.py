@@ -281,11 +281,15 @@ def swap_layout(
                     col = np.arange(c0, cols, spacing)
                     col = col[(col + d_col >= 0) & (col + d_col < cols)]
                     first = stencil.padded(*[a.ravel() for a in np.meshgrid(row, col, indexing="ij")])
+                    second = first + d_row * stencil.width + d_col
+                    if movable is not None:  # an update: only the pairs it may swap, once for all sweeps
+                        pairs = allowed[first] & allowed[second]
+                        first, second = first[pairs], second[pairs]
                     if len(first):
                         classes.append(
                             (
                                 first,
-                                first + d_row * stencil.width + d_col,
+                                second,
                                 first_weights,
                                 second_weights,
                                 gathers,
@@ -295,7 +299,7 @@ def swap_layout(
         swapped = 0
         for index in rng.permutation(len(classes)):
             first, second, first_weights, second_weights, gathers = classes[index]
-            both = (occupant[first] != empty) & (occupant[second] != empty) & allowed[first] & allowed[second]
+            both = (occupant[first] != empty) & (occupant[second] != empty)
             first, second = first[both], second[both]
             change = distance[first] @ first_weights + distance[second] @ second_weights
             if nearest.any():
@@ -324,6 +328,13 @@ def swap_layout(
         if not swapped:
             break
     return stencil.cell_of_image()
+
+
+def _within(cells: np.ndarray, rows: int, cols: int, reach: int) -> np.ndarray:
+    """Every cell within ``reach`` cells (in each axis) of one of ``cells`` (a bool per cell)."""
+    from scipy.ndimage import maximum_filter
+
+    return maximum_filter(cells.reshape(rows, cols), size=2 * reach + 1, mode="constant").ravel()
 
 
 def starts_for(n_images: int) -> int:
@@ -393,11 +404,24 @@ def refine_layout(
     if n_placed < 2:
         return cell_of_image.astype(np.int32)
     placed = cell_of_image >= 0
+    if movable is not None:
+        # Only the images that a swap among movable cells can see (one beside a neighbour of a
+        # cell a swap reaches) enter the objective: projected alone, the rest left at zero.
+        reach = int(np.sqrt(max(RING_WEIGHTS))) + SWAP_REACH + 1
+        seen = _within(np.asarray(movable, dtype=bool), rows, cols, reach)
+        placed &= seen[np.maximum(cell_of_image, 0)]
     components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
     # Every image placed (the usual case): no copy of N x D to pick them out.
     components[placed] = projected(vectors if placed.all() else np.asarray(vectors)[placed], SWAP_DIMS)
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
+    if total == 1:  # nothing to choose between: the objective of the whole grid is not needed
+        cells = swap_layout(
+            components, cell_of_image, rows, cols, seed=seed, movable=movable, home=home,
+            stay_cost=stay_cost, leave=leave,
+        )  # fmt: skip
+        on_progress(1.0)
+        return cells.astype(np.int32)
     for start in range(total):
         cells = swap_layout(
             components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,

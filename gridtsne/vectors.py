@@ -72,6 +72,31 @@ def _chunks(x: np.ndarray, mean: np.ndarray | None, unit_rows: bool):
         yield chunk
 
 
+def nearest_unit_rows(
+    queries: np.ndarray, rows: np.ndarray, k: int = 1, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each unit-length query, its ``k`` most similar unit ``rows`` (cosine), nearest first,
+    and their euclidean distances: an exact search, ``chunk`` queries at a time, so that its
+    memory beyond the inputs is chunk x len(rows)."""
+    k = min(k, len(rows))
+    found = np.empty((len(queries), k), dtype=np.int64)
+    distance = np.empty((len(queries), k), dtype=np.float64)
+    for start in range(0, len(queries), chunk):
+        similarity = queries[start : start + chunk] @ rows.T
+        if k == 1:
+            best = similarity.argmax(axis=1)[:, None]
+        elif k < len(rows):
+            best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        else:
+            best = np.broadcast_to(np.arange(len(rows)), similarity.shape)
+        best_similarity = np.take_along_axis(similarity, best, axis=1)
+        order = np.argsort(-best_similarity, axis=1, kind="stable")
+        found[start : start + chunk] = np.take_along_axis(best, order, axis=1)
+        nearest = np.take_along_axis(best_similarity, order, axis=1).astype(np.float64)
+        distance[start : start + chunk] = np.sqrt(np.maximum(2.0 - 2.0 * nearest, 0.0))
+    return found, distance
+
+
 def row_keys(vectors: np.ndarray) -> np.ndarray:
     """A 64-bit fingerprint of each row's bytes (as float32): what makes a photo "the same
     photo" across runs for a stable map. A photo whose vector changed is a new photo."""

@@ -186,3 +186,25 @@ def test_room_keeps_empty_cells_among_the_photos_where_added_photos_join_their_k
 def test_room_is_checked_as_a_share_up_to_a_half(cli, tmp_path):
     result = cli("assign", "-w", tmp_path, "--room", "0.8")
     assert result.exit_code == 2 and "0.8 is not a share from 0 to 0.5" in result.output
+
+
+@pytest.mark.parametrize(
+    "exact_pairs, share",
+    [(reduce.EXACT_PLACING_PAIRS, 0.8), (0, 0.5)],
+    ids=["exact search", "openTSNE's index"],
+)
+def test_new_photos_are_placed_on_the_map_by_their_twin_either_way(vectors, monkeypatch, exact_pairs, share):
+    """Placing new photos searches the staying ones exactly in the full embedding, or (many
+    pairs) through openTSNE's index over PCA-50: either way the map of the staying photos is
+    untouched and near-duplicates land by their twin (the exact search more often: 9 of these
+    10 against 6)."""
+    monkeypatch.setattr(reduce, "EXACT_PLACING_PAIRS", exact_pairs)
+    kept_map, _ = reduce.tsne_map(vectors[:240], seed=0)
+    twins = np.arange(5, 240, 24)
+    noise = np.random.default_rng(0).normal(0, 1e-3, (len(twins), vectors.shape[1]))
+    rows = np.vstack([vectors[:240], vectors[twins] * (1 + noise)])
+    points = reduce.place_new_points(rows, kept_map, np.arange(len(rows)) < 240, seed=0)
+    assert (points[:240] == kept_map).all()
+    spread = np.median(np.linalg.norm(kept_map - kept_map.mean(axis=0), axis=1))
+    beside = np.linalg.norm(points[240:] - kept_map[twins], axis=1) < 0.15 * spread
+    assert beside.mean() >= share, beside
