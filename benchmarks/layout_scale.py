@@ -149,7 +149,7 @@ def stages_child(path: str) -> None:
     coords = reduce.to_unit_square(np.asarray(embedding))
     cells, _, solver = assign.assign_to_grid(coords, rows, cols)
     step(f"assignment ({solver})")
-    vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+    vectors = normalise(np.asarray(embeddings, dtype=np.float32), copy=False)  # as the assign stage does
     cells = refine.refine_layout(vectors, cells, rows, cols)
     step("refinement")
     quality.layout_quality(vectors, cells, cols)

@@ -326,18 +326,21 @@ def layout(
     subset: bool = False,
     refine_grid: bool = True,
     room: int = 0,
+    unit_rows: bool = False,
     on_progress=lambda fraction: None,
 ) -> tuple[np.ndarray, dict]:
     """The whole stage on arrays: cell of each image (-1: left out) and the results to record.
 
-    ``on_progress(fraction)`` is told as each step ends (assignment, refinement)."""
+    ``unit_rows``: the embeddings are float32 rows of unit length already (the stage scales
+    its own copy in place: no second copy of N x D). ``on_progress(fraction)`` is told as
+    each step ends (assignment, refinement)."""
     if len(coords) != len(embeddings):
         raise ValueError(f"coords has {len(coords)} points for {len(embeddings)} embeddings")
     cell_of_image, total_cost, solver_used = assign_to_grid(
         coords, rows, cols, solver=solver, subset=subset, room=room
     )
     on_progress(0.3)
-    vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+    vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
     if refine_grid:
         # The room stays where it was spread: refinement swaps photos, never a photo and a hole.
@@ -463,6 +466,7 @@ def update_layout(
     *,
     refine_grid: bool = True,
     stay_weight: float = 1.0,
+    unit_rows: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """An earlier grid updated for a changed photo set: the cell of each image and the results.
 
@@ -480,6 +484,7 @@ def update_layout(
     for new photos demands. Refinement then swaps the photos within
     ``REFINE_AROUND`` cells of a change, a staying photo charged ``STAY_COST``
     for each cell it is away from its own; nothing further from a change moves.
+    ``unit_rows``: as ``layout``'s.
     """
     n_images, n_cells = len(home), rows * cols
     kept = np.flatnonzero(home >= 0)
@@ -487,7 +492,7 @@ def update_layout(
     centre_rc = np.stack(np.divmod(np.arange(n_cells), cols), axis=1).astype(np.float64)
     place = np.empty((n_images, 2))
     place[kept] = centre_rc[home[kept]]
-    vectors = normalise(np.asarray(embeddings, dtype=np.float32))
+    vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
     if len(new):
         place[new] = centre_rc[home[kept][nearest_unit_rows(vectors[new], vectors[kept])[0][:, 0]]]
     points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
@@ -627,6 +632,8 @@ class AssignStage(Stage):
         coords = workdir.load_coords(len(embeddings))
         self.check_grid(len(coords), options)
         keys = row_keys(embeddings)
+        # Scaled in place (the stage's own array): at a million photos a copy would be 4.9 GB.
+        embeddings = normalise(np.asarray(embeddings, dtype=np.float32), copy=False)
         map_state = load_state(workdir.file(REDUCE_STATE))
         map_layout = map_state[0].get("layout") if map_state else None
         update, why_fresh = self.plan_update(workdir, options, keys, map_layout)
@@ -654,7 +661,7 @@ class AssignStage(Stage):
         home = np.where(earlier_cell >= 0, (old_row + row_offset) * cols + old_col + col_offset, -1)
         cell_of_image, results = update_layout(
             coords, embeddings, home, rows, cols, refine_grid=options.refine,
-            stay_weight=STAY_WEIGHT if options.room else 1.0,
+            stay_weight=STAY_WEIGHT if options.room else 1.0, unit_rows=True,
         )  # fmt: skip
         return {**results, "mode": "update", "removed": removed, "grew_from": [old_rows, old_cols],
                 "offset": [row_offset, col_offset], "cell_of_image": cell_of_image}  # fmt: skip
@@ -670,7 +677,7 @@ class AssignStage(Stage):
             )
         cell_of_image, results = layout(
             coords, embeddings, rows, cols, solver=options.solver, subset=options.subset,
-            refine_grid=options.refine, room=cells_wanted - len(coords),
+            refine_grid=options.refine, room=cells_wanted - len(coords), unit_rows=True,
             on_progress=lambda done: context.on_progress("assign", done),
         )  # fmt: skip
         if results["left_out"] and workdir.file(IMAGES).is_file():

@@ -8,13 +8,26 @@ import numpy as np
 def normalise(embeddings: np.ndarray, *, copy: bool = True) -> np.ndarray:
     """Each row scaled to unit length (zero rows left as they are), so that euclidean
     distances between rows order pairs as cosine similarity does. With ``copy=False`` a
-    float array is scaled in place, which saves a copy of N x D at 100,000 photos."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    norms = np.where(norms > 0, norms, 1.0)
-    if not copy and np.issubdtype(embeddings.dtype, np.floating):
-        embeddings /= norms.astype(embeddings.dtype)
-        return embeddings
-    return embeddings / norms
+    float array is scaled in place, which saves a copy of N x D at 100,000 photos.
+
+    Done ``NORMALISE_CHUNK_ROWS`` rows at a time: no temporary of N x D beside the result
+    (``np.linalg.norm`` of the whole array squares it first), and the same numbers."""
+    floating = np.issubdtype(embeddings.dtype, np.floating)
+    result = (
+        embeddings
+        if floating and not copy
+        else np.empty(embeddings.shape, embeddings.dtype if floating else np.float64)
+    )
+    for start in range(0, len(embeddings), NORMALISE_CHUNK_ROWS):
+        chunk = embeddings[start : start + NORMALISE_CHUNK_ROWS]
+        norms = np.linalg.norm(chunk, axis=1, keepdims=True)
+        norms = np.where(norms > 0, norms, 1.0).astype(result.dtype)
+        np.divide(chunk, norms, out=result[start : start + NORMALISE_CHUNK_ROWS])
+    return result
+
+
+#: Rows scaled at a time by ``normalise``.
+NORMALISE_CHUNK_ROWS = 8192
 
 
 #: Rows centred at a time by ``pca``: its memory beyond x is this many rows, not N.

@@ -24,3 +24,26 @@ def test_pca_of_fewer_points_than_dimensions_matches_the_covariance_route():
 def test_normalise_gives_unit_rows_and_leaves_zero_rows_alone():
     rows = normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
     assert rows.tolist() == [[0.6, 0.8], [0.0, 0.0]]
+
+
+def test_normalising_needs_no_temporary_copy_of_the_vectors():
+    """At a million 1,280-d photos a temporary of N x D is 4.9 GB: scaling in place allocates
+    next to nothing, a copy allocates the copy alone, and both give the same numbers."""
+    import tracemalloc
+
+    vectors = np.random.default_rng(0).normal(size=(80_000, 64)).astype(np.float32)  # 20 MB
+    size = vectors.nbytes
+    tracemalloc.start()
+    try:
+        copied = normalise(vectors)
+        _, copy_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        in_place = normalise(vectors.copy(), copy=False)
+        in_place_peak = tracemalloc.get_traced_memory()[1] - before - size  # less the .copy() itself
+    finally:
+        tracemalloc.stop()
+    assert copy_peak < 1.3 * size, copy_peak / size
+    assert in_place_peak < 0.3 * size, in_place_peak / size
+    assert np.array_equal(copied, in_place)
+    assert np.allclose(np.linalg.norm(copied, axis=1), 1.0, atol=1e-6)
