@@ -467,6 +467,7 @@ def update_layout(
     refine_grid: bool = True,
     stay_weight: float = 1.0,
     unit_rows: bool = False,
+    vacated: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """An earlier grid updated for a changed photo set: the cell of each image and the results.
 
@@ -484,7 +485,9 @@ def update_layout(
     for new photos demands. Refinement then swaps the photos within
     ``REFINE_AROUND`` cells of a change, a staying photo charged ``STAY_COST``
     for each cell it is away from its own; nothing further from a change moves.
-    ``unit_rows``: as ``layout``'s.
+    ``vacated``: the cells of removed photos; refinement runs around them too, so that the
+    photos beside a hole may re-sort for the neighbours they lost (only for a clear gain, as
+    above). ``unit_rows``: as ``layout``'s.
     """
     n_images, n_cells = len(home), rows * cols
     kept = np.flatnonzero(home >= 0)
@@ -508,7 +511,8 @@ def update_layout(
     if refine_grid:
         # What changed: the cells of the new photos, and where moved photos went and came from.
         moved = kept[cell_of_image[kept] != home[kept]]
-        changed = np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved]])
+        gone = np.zeros(0, dtype=np.int64) if vacated is None else np.asarray(vacated, dtype=np.int64)
+        changed = np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved], gone])
         if len(changed):
             movable[_around(centre_rc[changed], rows, cols, REFINE_AROUND)] = True
             # A staying photo still in its cell stays: refinement sorts the new and moved ones
@@ -624,8 +628,9 @@ class AssignStage(Stage):
             return None, "no photo of the earlier grid is left"
         if options.grid is None and rows * cols > max(MAX_CELLS_ALWAYS, 2 * len(keys)):
             return None, "most photos of the earlier grid are gone"
-        removed = len(old_keys) - int((earlier_row >= 0).sum())
-        return (rows, cols, earlier_cell, removed), None
+        gone = np.ones(len(old_keys), dtype=bool)
+        gone[earlier_row[earlier_row >= 0]] = False
+        return (rows, cols, earlier_cell, old_cells[gone]), None
 
     def compute(self, workdir: Workdir, options: AssignOptions, context: Context, prepared) -> dict:
         embeddings = workdir.load_embeddings()
@@ -651,7 +656,7 @@ class AssignStage(Stage):
         return results
 
     def update(self, coords, embeddings, options: AssignOptions, update) -> dict:
-        old_rows, old_cols, earlier_cell, removed = update
+        old_rows, old_cols, earlier_cell, removed_cells = update
         rows, cols = options.grid or grown_shape(
             old_rows, old_cols, with_room(len(coords), options.room / 2), options.aspect or (1.0, 1.0)
         )
@@ -659,11 +664,13 @@ class AssignStage(Stage):
         row_offset, col_offset = (rows - old_rows) // 2, (cols - old_cols) // 2
         old_row, old_col = np.divmod(earlier_cell, old_cols)
         home = np.where(earlier_cell >= 0, (old_row + row_offset) * cols + old_col + col_offset, -1)
+        gone_row, gone_col = np.divmod(np.asarray(removed_cells, dtype=np.int64), old_cols)
+        vacated = (gone_row + row_offset) * cols + gone_col + col_offset
         cell_of_image, results = update_layout(
             coords, embeddings, home, rows, cols, refine_grid=options.refine,
-            stay_weight=STAY_WEIGHT if options.room else 1.0, unit_rows=True,
+            stay_weight=STAY_WEIGHT if options.room else 1.0, unit_rows=True, vacated=vacated,
         )  # fmt: skip
-        return {**results, "mode": "update", "removed": removed, "grew_from": [old_rows, old_cols],
+        return {**results, "mode": "update", "removed": len(removed_cells), "grew_from": [old_rows, old_cols],
                 "offset": [row_offset, col_offset], "cell_of_image": cell_of_image}  # fmt: skip
 
     def fresh(self, workdir: Workdir, coords, embeddings, options: AssignOptions, context: Context) -> dict:

@@ -47,13 +47,20 @@ def test_an_added_batch_leaves_the_map_in_place_and_near_duplicates_join_their_t
     assert (np.abs(after[240:] - after[twins]).max(axis=1) <= 2).all(), (after[240:], after[twins])
 
 
-def test_removed_photos_leave_holes_and_nothing_else_moves(vectors, tmp_path):
+def test_removed_photos_leave_holes_and_nothing_far_from_them_moves(vectors, tmp_path):
     first, _ = lay_out(tmp_path / "w", vectors)
-    keep = np.setdiff1d(np.arange(len(vectors)), [5, 60, 61, 180])
+    removed = np.array([5, 60, 61, 180])
+    keep = np.setdiff1d(np.arange(len(vectors)), removed)
     after, summary = lay_out(tmp_path / "w", vectors[keep])
     assert summary["mode"] == "update" and summary["removed"] == 4 and summary["new"] == 0
-    assert (after == first[keep]).all()
-    assert summary["kept_cell"] == len(keep) and summary["moved"] == 0
+    moved = (after != first[keep]).any(axis=1)
+    assert summary["moved"] == moved.sum() and moved.mean() <= 0.05, moved.mean()
+    # The photos around each hole were free to re-sort for the neighbours they lost.
+    assert summary["refined_cells"] >= len(removed) * 9, summary["refined_cells"]
+    # Only photos near a hole re-sort, a short way: farther than the refinement's reach, none.
+    to_hole = np.abs(first[keep][:, None, :] - first[removed][None, :, :]).max(axis=2).min(axis=1)
+    assert (to_hole[moved] <= assign.REFINE_AROUND + 1).all(), to_hole[moved]
+    assert (np.abs(after - first[keep]).max(axis=1) <= 2).all()
 
 
 def test_relayout_is_exactly_a_fresh_layout_and_updates_are_deterministic(vectors, tmp_path):
