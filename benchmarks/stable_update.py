@@ -22,12 +22,20 @@ often a layout made at once puts them that close), DPQ_16 as its authors count t
 of the fresh layout, and the seconds of the update's reduce + assign beside the
 fresh layout's (their ratio). ``--room SHARE`` lays every grid out with
 assign's ``room`` (empty cells kept among the photos), the fresh ones too.
-Peak memory is the process's largest RSS after
-each scenario (ru_maxrss), which only grows: compare it with --fresh-first.
+Peak memory in that table is the process's largest RSS after each scenario
+(ru_maxrss), which only grows. ``--memory`` measures it apart instead: for
+(a), seeded as above, the fresh layout of the final set and the update each
+run in a process of their own (started from this small one, which lays out
+nothing), and their peaks and seconds are compared:
+
+    python benchmarks/stable_update.py --workdirs /work --only combined10k --seeds 0 --room 0.1 --memory
 """
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +130,46 @@ def scenario(name: str, vectors: np.ndarray, seed: int) -> dict:
     return figures
 
 
+def memory_child(step: str, folder: str, seed: int) -> None:
+    """One step of ``--memory`` in this process: "start" lays out the first 90% in folder/update,
+    "update" adds the rest there, "fresh" lays the whole set out in folder/fresh; prints its
+    peak RSS and seconds."""
+    vectors = np.load(Path(folder) / "vectors.npy")
+    order = np.random.default_rng(seed).permutation(len(vectors))
+    first = np.sort(order[: int(round(0.9 * len(vectors)))])
+    work = Workdir(Path(folder) / ("fresh" if step == "fresh" else "update"))
+    _, _, seconds = lay_out(
+        work, vectors[first] if step == "start" else vectors, seed, relayout=step == "fresh"
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mib": peak, "seconds": seconds}))
+
+
+def memory(folders, seeds) -> None:
+    """(a) add 10%: the update's peak RSS and seconds against a fresh layout's, each in its own process."""
+    print(f"{'collection':<11} {'N':>6} {'seed':>4} {'fresh MiB':>9} {'update MiB':>10} {'ratio':>6} "
+          f"{'fresh s':>7} {'update s':>8}")  # fmt: skip
+    for folder in folders:
+        vectors = np.load(folder / "embeddings.npy")
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as scratch:
+                np.save(Path(scratch) / "vectors.npy", vectors.astype(np.float32))
+                measured = {}
+                for step in ("start", "update", "fresh"):
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", step, scratch, str(seed), "--room", str(ROOM)],
+                        check=True, capture_output=True, text=True,
+                    )  # fmt: skip
+                    measured[step] = json.loads(out.stdout.strip().splitlines()[-1])
+            fresh, update = measured["fresh"], measured["update"]
+            print(
+                f"{folder.name:<11} {len(vectors):>6} {seed:>4} {fresh['peak_mib']:>9.0f} "
+                f"{update['peak_mib']:>10.0f} {update['peak_mib'] / fresh['peak_mib']:>6.2f} "
+                f"{fresh['seconds']:>7.2f} {update['seconds']:>8.2f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdirs", default="/work/layout-work", help="one embedded work directory each")
@@ -129,10 +177,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="*", default=["add 10%", "add 1% x10", "remove 10%"])
     parser.add_argument("--room", type=float, default=0.0, help="assign's room for every layout")
+    parser.add_argument(
+        "--memory", action="store_true", help="(a)'s peak memory, each layout in its own process"
+    )
+    parser.add_argument("--child", nargs=3, metavar=("STEP", "FOLDER", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     global ROOM
     ROOM = args.room
+    if args.child:
+        memory_child(args.child[0], args.child[1], int(args.child[2]))
+        return
     folders = sorted(p for p in Path(args.workdirs).iterdir() if (p / "embeddings.npy").is_file())
+    if args.memory:
+        memory([f for f in folders if not args.only or f.name in args.only], args.seeds)
+        return
     print(
         f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'per step':>8} "
         f"{'moved med':>9} {'max':>5} "
