@@ -497,7 +497,7 @@ def update_layout(
     place[kept] = centre_rc[home[kept]]
     vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
     if len(new):
-        place[new] = centre_rc[home[kept][nearest_unit_rows(vectors[new], vectors[kept])[0][:, 0]]]
+        place[new] = centre_rc[home[nearest_unit_rows(vectors[new], vectors, among=home >= 0)[0][:, 0]]]
     points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
     weights = np.where(home >= 0, stay_weight, 1.0)
     if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second

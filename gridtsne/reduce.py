@@ -207,9 +207,9 @@ def _progress_callbacks(on_progress, iterations: int) -> dict:
 EXACT_PLACING_PAIRS = 100_000_000
 
 
-def _affinities_to_kept(kept_rows: np.ndarray):
+def _affinities_to_kept(unit_rows: np.ndarray, kept: np.ndarray):
     """openTSNE affinities whose ``to_new`` (all that ``TSNEEmbedding.transform`` asks of them)
-    finds a new photo's neighbours among ``kept_rows`` (unit vectors) by an exact search.
+    finds a new photo's neighbours among the ``kept`` ``unit_rows`` by an exact search.
 
     ``PerplexityBasedNN`` would first build the neighbour graph of every staying photo, which
     placing never uses."""
@@ -220,16 +220,19 @@ def _affinities_to_kept(kept_rows: np.ndarray):
         def __init__(self):
             super().__init__()
             # The staying photos' own affinities: never used by ``transform``, only checked for shape.
-            self.P = scipy.sparse.csr_matrix((len(kept_rows), len(kept_rows)))
+            self.P = scipy.sparse.csr_matrix((n_kept, n_kept))
 
         def to_new(self, data, perplexity=5.0, return_distances=False):
-            neighbours, distances = nearest_unit_rows(data, kept_rows, k=int(3 * perplexity))
+            found, distances = nearest_unit_rows(data, unit_rows, k=int(3 * perplexity), among=kept)
+            neighbours = kept_row[found]  # rows of the kept photos' map
             probabilities = joint_probabilities_nn(
                 neighbours, distances, [perplexity], symmetrize=False, normalization="point-wise",
-                n_reference_samples=len(kept_rows), n_jobs=TSNE_JOBS,
+                n_reference_samples=n_kept, n_jobs=TSNE_JOBS,
             )  # fmt: skip
             return (probabilities, neighbours, distances) if return_distances else probabilities
 
+    n_kept = int(np.count_nonzero(kept))
+    kept_row = np.cumsum(kept) - 1  # each row's place among the kept ones
     return AffinitiesToKept()
 
 
@@ -260,7 +263,7 @@ def place_new_points(
     n_kept, n_new = int(kept.sum()), int((~kept).sum())
     if n_kept * n_new <= EXACT_PLACING_PAIRS:
         unit = normalise(np.asarray(embeddings, dtype=np.float32))
-        affinities, new_rows = _affinities_to_kept(unit[kept]), unit[~kept]
+        affinities, new_rows = _affinities_to_kept(unit, kept), unit[~kept]
     else:
         settings = tsne_settings(n_kept, perplexity, pca_dims)
         perplexity = _checked_perplexity(settings, n_kept)

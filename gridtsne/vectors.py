@@ -86,19 +86,22 @@ def _chunks(x: np.ndarray, mean: np.ndarray | None, unit_rows: bool):
 
 
 def nearest_unit_rows(
-    queries: np.ndarray, rows: np.ndarray, k: int = 1, chunk: int = 256
+    queries: np.ndarray, rows: np.ndarray, k: int = 1, chunk: int = 256, among: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each unit-length query, its ``k`` most similar unit ``rows`` (cosine), nearest first,
     and their euclidean distances: an exact search, ``chunk`` queries at a time, so that its
-    memory beyond the inputs is chunk x len(rows)."""
-    k = min(k, len(rows))
+    memory beyond the inputs is chunk x len(rows). ``among`` (a bool per row): only those
+    rows are found, without a copy of them."""
+    k = min(k, len(rows) if among is None else int(np.count_nonzero(among)))
     found = np.empty((len(queries), k), dtype=np.int64)
     distance = np.empty((len(queries), k), dtype=np.float64)
     for start in range(0, len(queries), chunk):
         similarity = queries[start : start + chunk] @ rows.T
+        if among is not None:
+            similarity[:, ~among] = -np.inf
         if k == 1:
             best = similarity.argmax(axis=1)[:, None]
-        elif k < len(rows):
+        elif k < similarity.shape[1]:
             best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         else:
             best = np.broadcast_to(np.arange(len(rows)), similarity.shape)
