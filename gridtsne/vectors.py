@@ -85,14 +85,19 @@ def _chunks(x: np.ndarray, mean: np.ndarray | None, unit_rows: bool):
         yield chunk
 
 
+#: Bytes of similarities ``nearest_unit_rows`` holds at once: its memory stays flat in N.
+SEARCH_CHUNK_BYTES = 64 << 20
+
+
 def nearest_unit_rows(
-    queries: np.ndarray, rows: np.ndarray, k: int = 1, chunk: int = 256, among: np.ndarray | None = None
+    queries: np.ndarray, rows: np.ndarray, k: int = 1, among: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each unit-length query, its ``k`` most similar unit ``rows`` (cosine), nearest first,
-    and their euclidean distances: an exact search, ``chunk`` queries at a time, so that its
-    memory beyond the inputs is chunk x len(rows). ``among`` (a bool per row): only those
-    rows are found, without a copy of them."""
+    and their euclidean distances: an exact search, as many queries at a time as keep the
+    similarities within ``SEARCH_CHUNK_BYTES``. ``among`` (a bool per row): only those rows
+    are found, without a copy of them."""
     k = min(k, len(rows) if among is None else int(np.count_nonzero(among)))
+    chunk = max(1, min(256, SEARCH_CHUNK_BYTES // (8 * max(1, len(rows)))))
     found = np.empty((len(queries), k), dtype=np.int64)
     distance = np.empty((len(queries), k), dtype=np.float64)
     for start in range(0, len(queries), chunk):

@@ -47,3 +47,23 @@ def test_normalising_needs_no_temporary_copy_of_the_vectors():
     assert in_place_peak < 0.3 * size, in_place_peak / size
     assert np.array_equal(copied, in_place)
     assert np.allclose(np.linalg.norm(copied, axis=1), 1.0, atol=1e-6)
+
+
+def test_the_exact_search_finds_the_most_similar_rows_among_those_allowed(monkeypatch):
+    """New photos are placed by their most similar staying photos: the search must find exactly
+    those, nearest first, whatever the chunking, and never a row it was told to leave out."""
+    from gridtsne import vectors as vectors_module
+
+    rng = np.random.default_rng(3)
+    rows = normalise(rng.normal(size=(500, 32)).astype(np.float32))
+    queries = normalise(rng.normal(size=(70, 32)).astype(np.float32))
+    among = rng.random(500) < 0.7
+    similarity = queries @ rows.T
+    similarity[:, ~among] = -np.inf
+    expected = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
+    monkeypatch.setattr(vectors_module, "SEARCH_CHUNK_BYTES", 8 * 500 * 16)  # 16 queries at a time
+    found, distance = vectors_module.nearest_unit_rows(queries, rows, k=5, among=among)
+    assert np.array_equal(found, expected)
+    assert among[found].all()
+    assert np.allclose(distance, np.linalg.norm(queries[:, None, :] - rows[found], axis=2), atol=1e-5)
+    assert (np.diff(distance, axis=1) >= 0).all()
