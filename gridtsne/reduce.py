@@ -224,6 +224,7 @@ def _affinities_to_kept(unit_rows: np.ndarray, kept: np.ndarray):
 
         def to_new(self, data, perplexity=5.0, return_distances=False):
             found, distances = nearest_unit_rows(data, unit_rows, k=int(3 * perplexity), among=kept)
+            perplexity = min(perplexity, found.shape[1] / 3)  # few staying photos: as openTSNE does
             neighbours = kept_row[found]  # rows of the kept photos' map
             probabilities = joint_probabilities_nn(
                 neighbours, distances, [perplexity], symmetrize=False, normalization="point-wise",
