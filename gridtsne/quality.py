@@ -45,8 +45,12 @@ SAMPLE_SIZE = 1000
 SAMPLE_SEED = 0
 #: Embedding neighbours looked at beyond the k-th, for ties at the k-th place.
 _TIE_MARGIN = 16
-#: Distance rows computed at once: bounds the working memory to ~64 MB.
+#: Distance rows computed at once, over all threads: bounds the working memory to ~64 MB.
 _CHUNK_BYTES = 64 << 20
+#: Queries in one block at most: blocks small enough to share between the threads.
+_BLOCK_QUERIES = 128
+#: Threads that score blocks of queries at once (two cores here, as t-SNE's TSNE_JOBS).
+QUALITY_THREADS = 2
 
 
 def grid_positions(cell_of_image: np.ndarray, cols: int) -> np.ndarray:
@@ -175,16 +179,13 @@ def layout_quality(
     point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
     grid_cells = cells.astype(np.int64)
     ring_rank = _ring_ranks(grid_cells)
-    # Each query's distances in each order, summed over the queries: D_k is then the running
-    # sum at k over k (a sum of running sums is the running sum of the sums: one at the end).
-    sum_embedding = np.zeros(n_points - 1)
-    sum_grid = np.zeros(n_points - 1)
-    sum_authors = np.zeros(n_points - 1)
-    sum_random, shared_neighbours = 0.0, 0.0
     ranks = np.arange(1, n_points)
-    chunk = max(1, _CHUNK_BYTES // (8 * n_points))
-    for start in range(0, len(queries), chunk):
-        index = queries[start : start + chunk]
+
+    def block(index: np.ndarray) -> tuple:
+        """Each order's distances summed over these queries (D_k is then the running sum at k
+        over k: a sum of running sums is the running sum of the sums, taken once at the end),
+        the random-pair distance's sum and the shared neighbours'."""
+        sum_embedding, sum_grid, sum_authors = (np.zeros(n_points - 1) for _ in range(3))
         embedding_distance = _distances(points[index], points, point_sq)
         # Squared grid distances, exact in integers.
         grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
@@ -193,7 +194,8 @@ def layout_quality(
         # Self (distance 0) comes first and is dropped.
         nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
         sum_embedding += nearest.sum(axis=0)
-        sum_random += nearest.sum() / (n_points - 1)
+        sum_random = nearest.sum() / (n_points - 1)
+        shared_neighbours = 0.0
         closest = min(n_points, k + 1 + _TIE_MARGIN)
         for row, embedding_row in enumerate(embedding_distance):
             authors_order, authors_weight = _favourable_grid_order(
@@ -208,6 +210,23 @@ def layout_quality(
             own = by_embedding[row, 1:closest]
             neighbour, embedding_weight = _nearest_weights(embedding_row[own], own, k)
             shared_neighbours += np.minimum(embedding_weight, grid_weight[neighbour]).sum()
+        return sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours
+
+    # Blocks of queries on QUALITY_THREADS threads (numpy's sorts and products let go of the
+    # GIL), each block's memory within _CHUNK_BYTES / threads; the sums added in block order,
+    # so the numbers do not depend on which thread finished first.
+    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
+    blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
+    if QUALITY_THREADS > 1 and len(blocks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(QUALITY_THREADS) as pool:
+            parts = list(pool.map(block, blocks))
+    else:
+        parts = [block(index) for index in blocks]
+    sum_embedding, sum_grid, sum_authors = (sum(part[i] for part in parts) for i in range(3))
+    sum_random = sum(part[3] for part in parts)
+    shared_neighbours = sum(part[4] for part in parts)
     random_distance = sum_random / len(queries)
     sum_by_k_embedding, sum_by_k_grid, sum_by_k_authors = (
         np.cumsum(total) / ranks for total in (sum_embedding, sum_grid, sum_authors)

@@ -72,3 +72,19 @@ def test_favourable_ties_follow_the_authors_convention():
     default = quality.layout_quality(embedding, cells, cols=15)
     assert favourable > default["dpq"] + 0.2
     assert default["dpq_authors"] == pytest.approx(favourable, abs=1e-12)  # the same, from one pass
+
+
+def test_the_numbers_do_not_depend_on_the_threads_that_score_them(monkeypatch):
+    """Blocks of queries are scored on two threads: the numbers are those of one thread,
+    whichever block finishes first, and the same on every run."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(1500, 24)).astype(np.float32)
+    cells = rng.permutation(40 * 40)[:1500]
+    two = [quality.layout_quality(vectors, cells, 40, ties=ties) for ties in quality.TIES]
+    assert two == [quality.layout_quality(vectors, cells, 40, ties=ties) for ties in quality.TIES]
+    monkeypatch.setattr(quality, "QUALITY_THREADS", 1)
+    one = [quality.layout_quality(vectors, cells, 40, ties=ties) for ties in quality.TIES]
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-12), key
