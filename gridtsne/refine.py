@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gridtsne.vectors import pca
+from gridtsne.vectors import pca, project
 
 #: Principal components the swaps work in: they keep the fine structure that decides
 #: which of two similar images is nearer, at a fifth of 1,280 dimensions' cost.
@@ -83,12 +83,17 @@ def settings() -> dict:
     }
 
 
-def projected(vectors: np.ndarray, dims: int) -> np.ndarray:
-    """``vectors`` on their first ``dims`` principal components (as they are if narrower)."""
+def projected(vectors: np.ndarray, dims: int, basis=None):
+    """``vectors`` on their first ``dims`` principal components (as they are if narrower), and
+    the basis that puts other rows on the same components (None where there is none); with
+    ``basis``, on that basis's components instead, which an update keeps from its fresh layout."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape[1] <= dims:
-        return vectors
-    return pca(vectors, dims).astype(np.float32, copy=False)
+        return vectors, None
+    if basis is not None:
+        return project(vectors, basis, dims).astype(np.float32, copy=False), basis
+    components, basis = pca(vectors, dims, with_basis=True)
+    return components.astype(np.float32, copy=False), basis
 
 
 class _NeighbourDistances:
@@ -398,17 +403,21 @@ def refine_layout(
     home: np.ndarray | None = None,
     stay_cost: float = 0.0,
     leave: float = 0.0,
+    basis=None,
+    return_basis: bool = False,
     on_progress=lambda fraction: None,
-) -> np.ndarray:
+):
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
     seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept. With ``movable``
     (a bool per cell) only the images in those cells move: an update refines around what
-    changed and leaves the rest of the map as the user knows it. ``on_progress(fraction)`` is
-    told as each start ends."""
+    changed and leaves the rest of the map as the user knows it. ``basis``: the components to
+    swap on (``vectors.pca(with_basis=True)``'s), kept from the fresh layout by an update
+    instead of a PCA of its own; ``return_basis``: (cells, the basis used or made).
+    ``on_progress(fraction)`` is told as each start ends."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
     if n_placed < 2:
-        return cell_of_image.astype(np.int32)
+        return (cell_of_image.astype(np.int32), basis) if return_basis else cell_of_image.astype(np.int32)
     placed = cell_of_image >= 0
     if movable is not None:
         # Only the images that a swap among movable cells can see (one beside a neighbour of a
@@ -417,10 +426,10 @@ def refine_layout(
         seen = _within(np.asarray(movable, dtype=bool), rows, cols, reach)
         placed &= seen[np.maximum(cell_of_image, 0)]
     if placed.all():  # the usual case: no copy of N x D to pick them out, nor of the components
-        components = projected(vectors, SWAP_DIMS)
+        components, basis = projected(vectors, SWAP_DIMS, basis)
     else:
         components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
-        components[placed] = projected(np.asarray(vectors)[placed], SWAP_DIMS)
+        components[placed], basis = projected(np.asarray(vectors)[placed], SWAP_DIMS, basis)
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
     if total == 1:  # nothing to choose between: the objective of the whole grid is not needed
@@ -429,7 +438,7 @@ def refine_layout(
             stay_cost=stay_cost, leave=leave,
         )  # fmt: skip
         on_progress(1.0)
-        return cells.astype(np.int32)
+        return (cells.astype(np.int32), basis) if return_basis else cells.astype(np.int32)
     for start in range(total):
         cells = swap_layout(
             components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,
@@ -439,4 +448,4 @@ def refine_layout(
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
         on_progress((start + 1) / total)
-    return best.astype(np.int32)
+    return (best.astype(np.int32), basis) if return_basis else best.astype(np.int32)

@@ -34,9 +34,11 @@ NORMALISE_CHUNK_ROWS = 8192
 PCA_CHUNK_ROWS = 8192
 
 
-def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False) -> np.ndarray:
+def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False, with_basis: bool = False):
     """The first ``dims`` principal components of x (N x D), signs fixed for determinism;
     with ``unit_rows``, of x's rows scaled to unit length (``normalise``), done chunk by chunk.
+    ``with_basis``: also the (mean, directions) that ``project`` takes to put other rows on
+    the same components (None through the Gram matrix, which has no D x dims directions).
 
     Through the D x D covariance when N > D, accumulated over chunks of rows
     (float64 with ``unit_rows``), so memory beyond x stays D x D plus N x dims at any
@@ -69,7 +71,23 @@ def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False) -> np.ndarray:
     projected[:, largest < 0] *= -1  # in place: a float32 result stays float32, and one copy
     if projected.shape[1] < dims:
         projected = np.hstack([projected, np.zeros((len(x), dims - projected.shape[1]))])
-    return projected
+    if not with_basis:
+        return projected
+    if gram or unit_rows:
+        return projected, None
+    directions = np.array(vectors)
+    directions[:, largest < 0] *= -1  # a sign flip is exact: project gives the same numbers
+    return projected, (mean, directions)
+
+
+def project(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray], dims: int) -> np.ndarray:
+    """x's rows on the components of ``pca(..., with_basis=True)``, chunk by chunk, padded
+    with zeros to ``dims`` as ``pca`` pads."""
+    mean, directions = basis
+    result = np.zeros((len(x), dims), dtype=np.result_type(mean.dtype, directions.dtype))
+    for start, chunk in zip(range(0, len(x), PCA_CHUNK_ROWS), _chunks(x, mean, False), strict=True):
+        result[start : start + len(chunk), : directions.shape[1]] = chunk @ directions
+    return result
 
 
 def _chunks(x: np.ndarray, mean: np.ndarray | None, unit_rows: bool):
