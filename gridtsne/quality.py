@@ -35,6 +35,8 @@ D_k are unbiased estimates and the cost is O(sample x N), seconds at 100,000.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 TIES = ("expected", "favourable")
@@ -213,20 +215,17 @@ def layout_quality(
         return sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours
 
     # Blocks of queries on QUALITY_THREADS threads (numpy's sorts and products let go of the
-    # GIL), each block's memory within _CHUNK_BYTES / threads; the sums added in block order,
-    # so the numbers do not depend on which thread finished first.
+    # GIL), each block's memory within _CHUNK_BYTES / threads. The sums are added in block
+    # order as the blocks come back, so the numbers do not depend on which thread finished
+    # first, and only a few blocks' sums (3 x N each) are held at once, whatever N.
     size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
     blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
-    if QUALITY_THREADS > 1 and len(blocks) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(QUALITY_THREADS) as pool:
-            parts = list(pool.map(block, blocks))
-    else:
-        parts = [block(index) for index in blocks]
-    sum_embedding, sum_grid, sum_authors = (sum(part[i] for part in parts) for i in range(3))
-    sum_random = sum(part[3] for part in parts)
-    shared_neighbours = sum(part[4] for part in parts)
+    with ThreadPoolExecutor(QUALITY_THREADS) as pool:
+        parts = iter(pool.map(block, blocks))
+        totals = next(parts)
+        for part in parts:
+            totals = tuple(total + value for total, value in zip(totals, part, strict=True))
+    sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours = totals
     random_distance = sum_random / len(queries)
     sum_by_k_embedding, sum_by_k_grid, sum_by_k_authors = (
         np.cumsum(total) / ranks for total in (sum_embedding, sum_grid, sum_authors)

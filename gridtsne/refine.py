@@ -416,8 +416,12 @@ def refine_layout(
     ``on_progress(fraction)`` is told as each start ends."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
+
+    def result(cells, basis):
+        return (cells.astype(np.int32), basis) if return_basis else cells.astype(np.int32)
+
     if n_placed < 2:
-        return (cell_of_image.astype(np.int32), basis) if return_basis else cell_of_image.astype(np.int32)
+        return result(cell_of_image, basis)
     placed = cell_of_image >= 0
     if movable is not None:
         # Only the images that a swap among movable cells can see (one beside a neighbour of a
@@ -432,20 +436,14 @@ def refine_layout(
         components[placed], basis = projected(np.asarray(vectors)[placed], SWAP_DIMS, basis)
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
-    if total == 1:  # nothing to choose between: the objective of the whole grid is not needed
-        cells = swap_layout(
-            components, cell_of_image, rows, cols, seed=seed, movable=movable, home=home,
-            stay_cost=stay_cost, leave=leave,
-        )  # fmt: skip
-        on_progress(1.0)
-        return (cells.astype(np.int32), basis) if return_basis else cells.astype(np.int32)
     for start in range(total):
         cells = swap_layout(
             components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,
             stay_cost=stay_cost, leave=leave,
         )  # fmt: skip
-        cost = neighbour_cost(components, cells, rows, cols)
+        # One start has nothing to choose between: the whole grid's objective is not needed.
+        cost = neighbour_cost(components, cells, rows, cols) if total > 1 else 0.0
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
         on_progress((start + 1) / total)
-    return (best.astype(np.int32), basis) if return_basis else best.astype(np.int32)
+    return result(best, basis)

@@ -38,7 +38,8 @@ def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False, with_basis: bool =
     """The first ``dims`` principal components of x (N x D), signs fixed for determinism;
     with ``unit_rows``, of x's rows scaled to unit length (``normalise``), done chunk by chunk.
     ``with_basis``: also the (mean, directions) that ``project`` takes to put other rows on
-    the same components (None through the Gram matrix, which has no D x dims directions).
+    the same components (None through the Gram matrix, which has no D x dims directions, and
+    with ``unit_rows``, which ``project`` does not scale).
 
     Through the D x D covariance when N > D, accumulated over chunks of rows
     (float64 with ``unit_rows``), so memory beyond x stays D x D plus N x dims at any

@@ -298,12 +298,21 @@ def test_new_inline_labels_rewrite_only_data_js_and_a_rerun_with_nothing_new_rew
     assert stamps(tmp_path / "page") == after  # nothing changed: nothing rewritten
 
 
-def test_a_change_beside_the_labels_still_builds_the_page_afresh(tmp_path, colour_photos):
+def labelled_page(tmp_path, colour_photos, preview):
+    """A page rendered from a 3 x 3 layout with labels from labels.csv (red: "warm"): the work
+    directory, the labels file and the render's options."""
     work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text("colours/red.jpg,warm\n")
-    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=32, labels=str(labels_csv))
+    options = RenderOptions(
+        output=str(tmp_path / "page.html"), tile=16, preview=preview, labels=str(labels_csv)
+    )
     render.run(work, options)
+    return work, labels_csv, options
+
+
+def test_a_change_beside_the_labels_still_builds_the_page_afresh(tmp_path, colour_photos):
+    work, labels_csv, options = labelled_page(tmp_path, colour_photos, preview=32)
     page = tmp_path / "page"
 
     def rebuilt(change):
@@ -329,11 +338,7 @@ def test_a_change_beside_the_labels_still_builds_the_page_afresh(tmp_path, colou
 
 
 def test_a_labels_rewrite_never_writes_through_a_link_in_the_page_s_place(tmp_path, colour_photos):
-    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
-    labels_csv = tmp_path / "labels.csv"
-    labels_csv.write_text("colours/red.jpg,warm\n")
-    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=0, labels=str(labels_csv))
-    render.run(work, options)
+    work, labels_csv, options = labelled_page(tmp_path, colour_photos, preview=0)
     (tmp_path / "page").rename(tmp_path / "elsewhere")
     (tmp_path / "page").symlink_to(tmp_path / "elsewhere")
     data_elsewhere = (tmp_path / "elsewhere" / "data.js").read_text()
@@ -345,11 +350,7 @@ def test_a_labels_rewrite_never_writes_through_a_link_in_the_page_s_place(tmp_pa
 
 @pytest.mark.parametrize("quality", [90, 50], ids=["labels only", "a new page"])
 def test_a_render_waits_for_another_render_holding_the_page(tmp_path, colour_photos, quality):
-    work = layout_workdir(tmp_path / "work", colour_photos, CELLS, 3, 3)
-    labels_csv = tmp_path / "labels.csv"
-    labels_csv.write_text("colours/red.jpg,warm\n")
-    options = RenderOptions(output=str(tmp_path / "page.html"), tile=16, preview=0, labels=str(labels_csv))
-    render.run(work, options)
+    work, labels_csv, options = labelled_page(tmp_path, colour_photos, preview=0)
     labels_csv.write_text("colours/red.jpg,hot\n")
     held = os.open(tmp_path / "page" / web.MARKER, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)  # as a render rewriting its data.js or replacing it holds it
