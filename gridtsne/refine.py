@@ -306,12 +306,30 @@ def swap_layout(
                                 gathers,
                             )
                         )
+    # A pair's change of the objective depends only on the images within ``ring`` cells of its
+    # two cells. ``changed_at[cell]`` is when an image within ``ring`` of the cell last moved
+    # (a count of the classes tried), ``tried_at[class]`` when that class was last tried: a
+    # pair whose surroundings have not changed since gave no gain then and gives none now, so
+    # it is left out. The result is the same as trying every pair; later sweeps, which make
+    # a few swaps, then cost a few numpy operations each.
+    # (The four cells beside each of them and theirs are within two cells too.)
+    steps = np.arange(-max(ring, 2), max(ring, 2) + 1)
+    around = (steps[:, None] * stencil.width + steps[None, :]).ravel()
+    changed_at = np.zeros(len(occupant), dtype=np.int64)
+    tried_at = np.full(len(classes), -1, dtype=np.int64)
+    clock = 0
     for _ in range(sweeps):
         swapped = 0
         for index in rng.permutation(len(classes)):
             first, second, first_weights, second_weights, gathers = classes[index]
+            clock += 1
+            since, tried_at[index] = tried_at[index], clock
             both = (occupant[first] != empty) & (occupant[second] != empty)
+            if since >= 0:
+                both &= (changed_at[first] > since) | (changed_at[second] > since)
             first, second = first[both], second[both]
+            if not len(first):
+                continue
             change = distance[first] @ first_weights + distance[second] @ second_weights
             if nearest.any():
                 at_offset, slot, other_offset, new_at_offset, new_slot, new_other_offset = gathers
@@ -334,7 +352,9 @@ def swap_layout(
                 continue
             first, second = first[better], second[better]
             occupant[first], occupant[second] = occupant[second], occupant[first].copy()
-            stencil.refresh(np.concatenate([first, second]))
+            moved = np.concatenate([first, second])
+            stencil.refresh(moved)
+            changed_at[(moved[:, None] + around[None, :]).ravel()] = clock
             swapped += len(first)
         if not swapped:
             break

@@ -82,6 +82,43 @@ def test_at_the_swaps_optimum_no_swap_within_reach_lowers_the_objective():
             assert neighbour_objective(vectors, trial, cols) >= best - 1e-6, (first, second)
 
 
+def test_an_update_s_swaps_stop_where_no_allowed_swap_pays_for_leaving_home():
+    # As above for an update: only movable cells swap, and each image pays stay_cost a cell
+    # (plus leave) away from its home. Later sweeps try only pairs whose surroundings changed;
+    # the optimum must still be one that no allowed swap, tried by brute force, improves.
+    rng = np.random.default_rng(12)
+    rows, cols = 12, 14
+    vectors = rng.normal(size=(150, 6)).astype(np.float32)
+    home = rng.permutation(rows * cols)[:150]
+    movable = np.zeros(rows * cols, dtype=bool)
+    movable[rng.choice(rows * cols, 120, replace=False)] = True
+    stay_cost, leave = 0.05, 1.0
+
+    def objective(cells):
+        away = np.hypot(*(np.divmod(cells, cols)[axis] - np.divmod(home, cols)[axis] for axis in (0, 1)))
+        return neighbour_objective(vectors, cells, cols) + stay_cost * float(
+            (away + leave * (away > 0)).sum()
+        )
+
+    swapped = refine.swap_layout(
+        vectors, home, rows, cols, sweeps=50, movable=movable, home=home, stay_cost=stay_cost, leave=leave
+    )
+    assert (swapped != home).any()
+    assert (swapped[~movable[home]] == home[~movable[home]]).all()
+    best = objective(swapped)
+    row, col = np.divmod(swapped, cols)
+    for first in np.flatnonzero(movable[swapped]):
+        for second in np.flatnonzero(movable[swapped]):
+            if (
+                second <= first
+                or max(abs(row[first] - row[second]), abs(col[first] - col[second])) > refine.SWAP_REACH
+            ):
+                continue
+            trial = swapped.copy()
+            trial[[first, second]] = trial[[second, first]]
+            assert objective(trial) >= best - 1e-6, (first, second)
+
+
 def test_swaps_undo_a_trade_of_two_neighbouring_images_in_a_perfect_layout():
 
     # The embedding is the grid itself, so the identity layout is perfect.
