@@ -77,3 +77,15 @@ def test_pca_first_is_recorded_and_the_settings_follow_the_size():
     assert small["neighbors"] == "exact" and small["negative_gradient_method"] == "bh"
     assert large["neighbors"] == "annoy" and large["negative_gradient_method"] == "fft"
     assert small["pca_dims"] == reduce.PCA_DIMS == 50
+
+
+def test_the_threaded_neighbour_search_finds_what_opentsne_s_annoy_finds():
+    # reduce queries openTSNE's Annoy index in two chunks instead of a joblib task a point:
+    # the same trees and seed, so the same neighbours and the same map.
+    from openTSNE.nearest_neighbors import Annoy
+
+    points = np.random.default_rng(3).normal(size=(1500, 20))
+    ours = reduce._annoy_index(points, 30, seed=7).build()
+    theirs = Annoy(points, 30, metric="euclidean", n_jobs=reduce.TSNE_JOBS, random_state=7).build()
+    assert np.array_equal(ours[0], theirs[0])
+    assert np.allclose(ours[1], theirs[1])
