@@ -28,6 +28,15 @@ from gridtsne import quality
 from gridtsne.vectors import normalise
 
 
+def apply_settings(assignments: list[str]) -> None:
+    """Each ``module.NAME=VALUE``: assign a gridtsne module's constant, in its own type."""
+    for assignment in assignments:
+        target, value = assignment.split("=", 1)
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(f"gridtsne.{module_name}")
+        setattr(module, name, type(getattr(module, name))(value))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdirs", default="collections.gridtsne", help="one embedded work directory each")
@@ -38,11 +47,7 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="MODULE.NAME=VALUE",
                         help="assign a gridtsne module's constant, e.g. reduce.MAIN_ITER=200")  # fmt: skip
     args = parser.parse_args()
-    for assignment in args.set:
-        target, value = assignment.split("=", 1)
-        module_name, name = target.rsplit(".", 1)
-        module = importlib.import_module(f"gridtsne.{module_name}")
-        setattr(module, name, type(getattr(module, name))(value))  # the constant's own type
+    apply_settings(args.set)
     paths = sorted(Path(args.workdirs).glob("*/embeddings.npy")) + [Path(p) for p in args.extra]
     seeds = f"{'(each seed)':<22}"
     print(f"{'set':<12} {'N':>6} {'DPQ_16 fav':>10} {seeds} {'NP@10':>6} {seeds} seconds")

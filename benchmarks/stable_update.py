@@ -29,6 +29,10 @@ run in a process of their own (started from this small one, which lays out
 nothing), and their peaks and seconds are compared:
 
     python benchmarks/stable_update.py --workdirs /work --only combined10k --seeds 0 --room 0.1 --memory
+
+``--set module.NAME=VALUE`` assigns a gridtsne constant first (as ``layout_settings.py``
+does), to measure a setting against the code as it is, e.g. ``assign.UPDATE_PASSES=12``.
+(Not passed to ``--memory``'s child processes.)
 """
 
 import argparse
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from layout_settings import apply_settings
 
 from gridtsne import assign, reduce
 from gridtsne.options import AssignOptions, ReduceOptions
@@ -180,8 +185,13 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", help="(a)'s peak memory, each layout in its own process"
     )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="MODULE.NAME=VALUE",
+        help="assign a gridtsne module's constant first, e.g. assign.UPDATE_PASSES=12",
+    )  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("STEP", "FOLDER", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_settings(args.set)
     global ROOM
     ROOM = args.room
     if args.child:

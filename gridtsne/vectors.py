@@ -113,13 +113,20 @@ def nearest_unit_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each unit-length query, its ``k`` most similar unit ``rows`` (cosine), nearest first,
     and their euclidean distances: an exact search, as many queries at a time as keep the
-    similarities within ``SEARCH_CHUNK_BYTES``. ``among`` (a bool per row): only those rows
-    are found, without a copy of them."""
+    similarities within ``SEARCH_CHUNK_BYTES``, on ``SEARCH_THREADS`` threads with one BLAS
+    thread each (the selection of the nearest is single-threaded numpy; each chunk's rows
+    of the result are its own, so the result does not depend on the threads). ``among``
+    (a bool per row): only those rows are found, without a copy of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     k = min(k, len(rows) if among is None else int(np.count_nonzero(among)))
-    chunk = max(1, min(256, SEARCH_CHUNK_BYTES // (8 * max(1, len(rows)))))
+    chunk = max(1, min(256, SEARCH_CHUNK_BYTES // (8 * SEARCH_THREADS * max(1, len(rows)))))
     found = np.empty((len(queries), k), dtype=np.int64)
     distance = np.empty((len(queries), k), dtype=np.float64)
-    for start in range(0, len(queries), chunk):
+
+    def search(start: int) -> None:
         similarity = queries[start : start + chunk] @ rows.T
         if among is not None:
             similarity[:, ~among] = -np.inf
@@ -134,7 +141,14 @@ def nearest_unit_rows(
         found[start : start + chunk] = np.take_along_axis(best, order, axis=1)
         nearest = np.take_along_axis(best_similarity, order, axis=1).astype(np.float64)
         distance[start : start + chunk] = np.sqrt(np.maximum(2.0 - 2.0 * nearest, 0.0))
+
+    with ThreadPoolExecutor(SEARCH_THREADS) as pool, threadpool_limits(1, user_api="blas"):
+        list(pool.map(search, range(0, len(queries), chunk)))
     return found, distance
+
+
+#: Threads of ``nearest_unit_rows`` (two cores here).
+SEARCH_THREADS = 2
 
 
 def row_keys(vectors: np.ndarray) -> np.ndarray:
