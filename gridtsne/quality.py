@@ -50,6 +50,8 @@ _TIE_MARGIN = 16
 #: Distance rows computed at once, over all threads: bounds the working memory to ~64 MB.
 _CHUNK_BYTES = 64 << 20
 #: Queries in one block at most: blocks small enough to share between the threads.
+#: Arrays of queries x N (8-byte) that a block holds at once, for the block size.
+_BLOCK_ARRAYS = 4
 _BLOCK_QUERIES = 128
 #: Threads that score blocks of queries at once (two cores here, as t-SNE's TSNE_JOBS).
 QUALITY_THREADS = 2
@@ -69,45 +71,6 @@ def _distances(queries: np.ndarray, points: np.ndarray, point_sq: np.ndarray) ->
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-def _expected_grid_order(
-    grid_distance: np.ndarray, embedding_distance: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One query's embedding distances in grid order (self dropped), every ring of equal
-    grid distance at its mean; and each image's weight as one of the k nearest grid
-    neighbours (1, 0, or its share of the ring that holds the k-th place).
-
-    Rings are summed with bincount over the (integer, squared) grid distance:
-    O(N) per query, no sort.
-    """
-    counts = np.bincount(grid_distance)
-    sums = np.bincount(grid_distance, weights=embedding_distance)
-    counts[0] = 0  # the query itself
-    rings = np.flatnonzero(counts)
-    along_grid = np.repeat(sums[rings] / counts[rings], counts[rings])
-    ends = np.cumsum(counts[rings])
-    ring_of_kth = int(np.searchsorted(ends, k))
-    before = int(ends[ring_of_kth - 1]) if ring_of_kth else 0
-    share = np.zeros(len(counts))
-    share[rings[:ring_of_kth]] = 1.0
-    share[rings[ring_of_kth]] = (k - before) / counts[rings[ring_of_kth]]
-    return along_grid, share[grid_distance] * (grid_distance > 0)
-
-
-def _favourable_grid_order(
-    ring: np.ndarray, by_embedding: np.ndarray, embedding_distance: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """As above, but within a ring the nearest in the embedding come first (the authors' code).
-
-    ``by_embedding`` is the query's images nearest first in the embedding, ``ring`` each
-    image's ring rank (``_ring_ranks``): a stable sort of the ranks in that order is the
-    grid order, nearest first within a ring, and a radix sort when the ranks fit 16 bits.
-    """
-    order = by_embedding[np.argsort(ring[by_embedding], kind="stable")][1:]  # the query first: dropped
-    weight = np.zeros(len(embedding_distance))
-    weight[order[:k]] = 1.0
-    return embedding_distance[order], weight
-
-
 def _ring_ranks(cells: np.ndarray) -> np.ndarray:
     """Rank of every squared grid distance that occurs on the grid (0 for 0, 1 for 1, 2 for 2,
     3 for 4, ...), by squared distance: the rings in order, in the smallest integer type."""
@@ -118,16 +81,6 @@ def _ring_ranks(cells: np.ndarray) -> np.ndarray:
     ranks = np.zeros(int(occurring[-1]) + 1, dtype=dtype)
     ranks[occurring] = np.arange(len(occurring))
     return ranks
-
-
-def _nearest_weights(nearest: np.ndarray, neighbours: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest in the embedding with weight 1; images tied (to 1e-9) with the k-th share its place."""
-    kth = nearest[k - 1]
-    tied = np.abs(nearest - kth) <= 1e-9 * kth
-    below = int(np.count_nonzero(nearest[~tied] < kth))
-    members = np.flatnonzero((nearest < kth) | tied)
-    weight = np.where(tied[members], (k - below) / max(1, int(tied.sum())), 1.0)
-    return neighbours[members], weight
 
 
 def _gain(mean_distance_by_k: np.ndarray, random_distance: float) -> np.ndarray:
@@ -181,37 +134,74 @@ def layout_quality(
     point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
     grid_cells = cells.astype(np.int64)
     ring_rank = _ring_ranks(grid_cells)
+    n_rings = int(ring_rank.max()) + 1
     ranks = np.arange(1, n_points)
 
     def block(index: np.ndarray) -> tuple:
         """Each order's distances summed over these queries (D_k is then the running sum at k
         over k: a sum of running sums is the running sum of the sums, taken once at the end),
-        the random-pair distance's sum and the shared neighbours'."""
-        sum_embedding, sum_grid, sum_authors = (np.zeros(n_points - 1) for _ in range(3))
+        the random-pair distance's sum and the shared neighbours'. Every step is over the
+        whole block at once (a query per row), in the order of the rows."""
+        queries_here = np.arange(len(index))[:, None]
         embedding_distance = _distances(points[index], points, point_sq)
-        # Squared grid distances, exact in integers.
+        # Squared grid distances, exact in integers, and their rings (0 only for the query).
         grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
         grid_distance += (grid_cells[index, None, 1] - grid_cells[None, :, 1]) ** 2
+        ring = ring_rank[grid_distance]
+        del grid_distance
         by_embedding = np.argsort(embedding_distance, axis=1)
         # Self (distance 0) comes first and is dropped.
         nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
-        sum_embedding += nearest.sum(axis=0)
+        sum_embedding = nearest.sum(axis=0)
         sum_random = nearest.sum() / (n_points - 1)
-        shared_neighbours = 0.0
+        del nearest
+        # The authors' order: by ring, nearest in the embedding first within one (a stable
+        # sort of the rings in embedding order; a radix sort when they fit 16 bits).
+        within = np.argsort(np.take_along_axis(ring, by_embedding, axis=1), axis=1, kind="stable")
+        authors_order = np.take_along_axis(by_embedding, within, axis=1)[:, 1:]  # the query first
+        del within
+        sum_authors = np.take_along_axis(embedding_distance, authors_order, axis=1).sum(axis=0)
+        # Each ring's count and summed embedding distance, per query (the query's own left out).
+        flat = (ring + queries_here * n_rings).ravel()
+        counts = np.bincount(flat, minlength=len(index) * n_rings).reshape(len(index), n_rings)
+        counts[:, 0] = 0
+        ends = np.cumsum(counts, axis=1)
+        # The ring that holds the k-th place, and the share of it that counts as within k.
+        ring_of_kth = np.count_nonzero(ends < k, axis=1)[:, None]
+        held = np.take_along_axis(counts, ring_of_kth, axis=1)
+        kth_share = (k - (np.take_along_axis(ends, ring_of_kth, axis=1) - held)) / held
+        if ties == "expected":
+            sums = np.bincount(flat, weights=embedding_distance.ravel(), minlength=len(index) * n_rings)
+            sums = sums.reshape(len(index), n_rings)
+            present = counts > 0
+            # Every ring at its mean, rings in order: the expected grid order of each query.
+            along_grid = np.repeat(sums[present] / counts[present], counts[present])
+            sum_grid = along_grid.reshape(len(index), n_points - 1).sum(axis=0)
+            del along_grid, sums
+        else:
+            sum_grid = np.zeros(n_points - 1)
+        del flat
+        # Neighbourhood preservation: the embedding's k nearest (those tied with the k-th
+        # sharing its place), each counted up to its weight among the k nearest on the grid.
         closest = min(n_points, k + 1 + _TIE_MARGIN)
-        for row, embedding_row in enumerate(embedding_distance):
-            authors_order, authors_weight = _favourable_grid_order(
-                ring_rank[grid_distance[row]], by_embedding[row], embedding_row, k
+        own = by_embedding[:, 1:closest]
+        own_distance = np.take_along_axis(embedding_distance, own, axis=1)
+        kth = own_distance[:, k - 1 : k]
+        tied = np.abs(own_distance - kth) <= 1e-9 * kth
+        below = np.count_nonzero((own_distance < kth) & ~tied, axis=1)[:, None]
+        share_of_tied = (k - below) / np.maximum(1, tied.sum(axis=1))[:, None]
+        embedding_weight = np.where(tied, share_of_tied, np.where(own_distance < kth, 1.0, 0.0))
+        if ties == "expected":
+            own_ring = np.take_along_axis(ring, own, axis=1).astype(np.int64)
+            grid_weight = np.where(
+                own_ring < ring_of_kth, 1.0, np.where(own_ring == ring_of_kth, kth_share, 0.0)
             )
-            sum_authors += authors_order
-            if ties == "expected":
-                along_grid, grid_weight = _expected_grid_order(grid_distance[row], embedding_row, k)
-                sum_grid += along_grid
-            else:
-                grid_weight = authors_weight
-            own = by_embedding[row, 1:closest]
-            neighbour, embedding_weight = _nearest_weights(embedding_row[own], own, k)
-            shared_neighbours += np.minimum(embedding_weight, grid_weight[neighbour]).sum()
+            grid_weight[own_ring == 0] = 0.0  # the query itself, where a twin came first
+        else:
+            within_k = np.zeros(embedding_distance.shape, dtype=bool)
+            np.put_along_axis(within_k, authors_order[:, :k], True, axis=1)
+            grid_weight = np.take_along_axis(within_k, own, axis=1).astype(np.float64)
+        shared_neighbours = float(np.minimum(embedding_weight, grid_weight).sum())
         return sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours
 
     # Blocks of queries on QUALITY_THREADS threads (numpy's sorts and products let go of the
@@ -220,7 +210,7 @@ def layout_quality(
     # photos, the same numbers). The sums are added in block
     # order as the blocks come back, so the numbers do not depend on which thread finished
     # first, and only a few blocks' sums (3 x N each) are held at once, whatever N.
-    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
+    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
     blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
     from threadpoolctl import threadpool_limits
 

@@ -153,14 +153,24 @@ SEARCH_THREADS = 2
 
 def row_keys(vectors: np.ndarray) -> np.ndarray:
     """A 64-bit fingerprint of each row's bytes (as float32): what makes a photo "the same
-    photo" across runs for a stable map. A photo whose vector changed is a new photo."""
+    photo" across runs for a stable map. A photo whose vector changed is a new photo.
+
+    Rows are hashed where they lie (no copy of each), in ``SEARCH_THREADS`` contiguous parts
+    on as many threads: hashlib lets go of the GIL for inputs this long."""
     import hashlib
+    from concurrent.futures import ThreadPoolExecutor
 
     rows = np.ascontiguousarray(vectors, dtype=np.float32)
-    return np.array(
-        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows],
-        dtype=np.uint64,
-    )
+    keys = np.empty(len(rows), dtype=np.uint64)
+
+    def fingerprint(part: range) -> None:
+        for row in part:
+            keys[row] = int.from_bytes(hashlib.blake2b(rows[row], digest_size=8).digest(), "little")
+
+    bounds = np.linspace(0, len(rows), SEARCH_THREADS + 1).astype(int)
+    with ThreadPoolExecutor(SEARCH_THREADS) as pool:
+        list(pool.map(fingerprint, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]))
+    return keys
 
 
 def match_rows(old_keys: np.ndarray, new_keys: np.ndarray) -> np.ndarray:
