@@ -49,6 +49,8 @@ PCA_DIMS = ReduceOptions.default("pca_dims")
 #: count (its gradient sums are split between threads), so the count is fixed,
 #: never taken from the machine: the same inputs and seed give the same map anywhere.
 TSNE_JOBS = 2
+#: Barnes-Hut's accuracy (openTSNE's default; only the Barnes-Hut gradient reads it).
+BH_THETA = 0.5
 #: openTSNE's own switch-over sizes for its "auto" choices.
 ANNOY_FROM_POINTS = 1000
 FFT_FROM_POINTS = 10_000
@@ -105,6 +107,7 @@ def tsne_settings(n_points: int, perplexity: float | None = None, pca_dims: int 
         "pca_dims": pca_dims,
         "neighbors": "exact" if n_points < ANNOY_FROM_POINTS else "annoy",
         "negative_gradient_method": "bh" if n_points < FFT_FROM_POINTS else "fft",
+        "theta": BH_THETA,
         "initialization": "pca",
         "metric": "euclidean",
         "learning_rate": "auto",

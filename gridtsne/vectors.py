@@ -50,8 +50,8 @@ def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False, with_basis: bool =
     from scipy.linalg import eigh  # scipy is slow to import; most runs never get here
 
     gram = len(x) <= x.shape[1]
-    if gram:
-        x = np.array(x, dtype=np.float64)
+    if gram:  # in the type the covariance's chunks take (``_chunks``): float32 stays float32
+        x = np.array(x, dtype=np.float64 if unit_rows else np.result_type(x.dtype, np.float32))
         if unit_rows:
             x = normalise(x, copy=False)
         centred = x - x.mean(axis=0)
