@@ -49,9 +49,11 @@ SAMPLE_SEED = 0
 _TIE_MARGIN = 16
 #: Distance rows computed at once, over all threads: bounds the working memory to ~64 MB.
 _CHUNK_BYTES = 64 << 20
+#: Arrays of queries x N (8-byte) that a block holds at once at most (its distances, their
+#: order, the authors' order, the rings' keys and the expected order, and temporaries): the
+#: block size keeps them within _CHUNK_BYTES over all threads.
+_BLOCK_ARRAYS = 8
 #: Queries in one block at most: blocks small enough to share between the threads.
-#: Arrays of queries x N (8-byte) that a block holds at once, for the block size.
-_BLOCK_ARRAYS = 4
 _BLOCK_QUERIES = 128
 #: Threads that score blocks of queries at once (two cores here, as t-SNE's TSNE_JOBS).
 QUALITY_THREADS = 2

@@ -113,9 +113,9 @@ def nearest_unit_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each unit-length query, its ``k`` most similar unit ``rows`` (cosine), nearest first,
     and their euclidean distances: an exact search, as many queries at a time as keep the
-    similarities within ``SEARCH_CHUNK_BYTES``, on ``SEARCH_THREADS`` threads with one BLAS
-    thread each (the selection of the nearest is single-threaded numpy; each chunk's rows
-    of the result are its own, so the result does not depend on the threads). ``among``
+    similarities within ``SEARCH_CHUNK_BYTES``; for k > 1 on ``SEARCH_THREADS`` threads with
+    one BLAS thread each (the selection of the k nearest is single-threaded numpy; each
+    chunk's rows of the result are its own, so the result does not depend on the threads). ``among``
     (a bool per row): only those rows are found, without a copy of them."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -142,8 +142,13 @@ def nearest_unit_rows(
         nearest = np.take_along_axis(best_similarity, order, axis=1).astype(np.float64)
         distance[start : start + chunk] = np.sqrt(np.maximum(2.0 - 2.0 * nearest, 0.0))
 
+    starts = range(0, len(queries), chunk)
+    if k == 1:  # the product is all the work: BLAS's own threads, one chunk at a time
+        for start in starts:
+            search(start)
+        return found, distance
     with ThreadPoolExecutor(SEARCH_THREADS) as pool, threadpool_limits(1, user_api="blas"):
-        list(pool.map(search, range(0, len(queries), chunk)))
+        list(pool.map(search, starts))
     return found, distance
 
 

@@ -89,3 +89,23 @@ def test_the_threaded_neighbour_search_finds_what_opentsne_s_annoy_finds():
     theirs = Annoy(points, 30, metric="euclidean", n_jobs=reduce.TSNE_JOBS, random_state=7).build()
     assert np.array_equal(ours[0], theirs[0])
     assert np.allclose(ours[1], theirs[1])
+
+
+def test_placing_new_photos_frees_its_search_rows_without_waiting_for_the_garbage_collector():
+    # The affinities that search the staying photos hold their unit rows (49 MB at 10,000
+    # photos); once placing is done they must go at once, not when the cyclic garbage
+    # collector next runs, or an update's assignment starts with them still resident.
+    import gc
+    import weakref
+
+    unit_rows = np.eye(20, 8, dtype=np.float32)
+    kept = np.arange(20) < 15
+    alive = weakref.ref(unit_rows)
+    gc.disable()
+    try:
+        affinities = reduce._affinities_to_kept(unit_rows, kept)
+        assert affinities.to_new(unit_rows[15:], perplexity=2).shape == (5, 15)
+        del affinities, unit_rows
+        assert alive() is None
+    finally:
+        gc.enable()
