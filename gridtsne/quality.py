@@ -49,9 +49,10 @@ SAMPLE_SEED = 0
 _TIE_MARGIN = 16
 #: Distance rows computed at once, over all threads: bounds the working memory to ~64 MB.
 _CHUNK_BYTES = 64 << 20
-#: Arrays of queries x N (8-byte) that a block holds at once at most (its distances, their
-#: order, the authors' order, the rings' keys and the expected order, and temporaries): the
-#: block size keeps them within _CHUNK_BYTES over all threads.
+#: Arrays of queries x N (8-byte) that scoring a few of a block's queries holds at once at
+#: most (their distances' order, the authors' order, the rings' keys, the expected order and
+#: temporaries): that many queries are scored at a time, within _CHUNK_BYTES over all threads,
+#: beside the block's distances (one such array).
 _BLOCK_ARRAYS = 8
 #: Queries in one block at most: blocks small enough to share between the threads.
 _BLOCK_QUERIES = 128
@@ -142,10 +143,19 @@ def layout_quality(
     def block(index: np.ndarray) -> tuple:
         """Each order's distances summed over these queries (D_k is then the running sum at k
         over k: a sum of running sums is the running sum of the sums, taken once at the end),
-        the random-pair distance's sum and the shared neighbours'. Every step is over the
-        whole block at once (a query per row), in the order of the rows."""
+        the random-pair distance's sum and the shared neighbours'. The distances come from one
+        product for the whole block (a product of a few rows would stream all N vectors for
+        each few); the rest is done ``rows_at_once`` queries at a time, a query per row."""
+        distances = _distances(points[index], points, point_sq)
+        totals = None
+        for start in range(0, len(index), rows_at_once):  # added as they come: 3 x N held, not more
+            part = score(index[start : start + rows_at_once], distances[start : start + rows_at_once])
+            totals = part if totals is None else tuple(a + b for a, b in zip(totals, part, strict=True))
+        return totals
+
+    def score(index: np.ndarray, embedding_distance: np.ndarray) -> tuple:
+        """``block``'s sums for these queries, whose distances to every point are given."""
         queries_here = np.arange(len(index))[:, None]
-        embedding_distance = _distances(points[index], points, point_sq)
         # Squared grid distances, exact in integers, and their rings (0 only for the query).
         grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
         grid_distance += (grid_cells[index, None, 1] - grid_cells[None, :, 1]) ** 2
@@ -212,7 +222,8 @@ def layout_quality(
     # photos, the same numbers). The sums are added in block
     # order as the blocks come back, so the numbers do not depend on which thread finished
     # first, and only a few blocks' sums (3 x N each) are held at once, whatever N.
-    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
+    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
+    rows_at_once = max(1, min(size, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
     blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
     from threadpoolctl import threadpool_limits
 
