@@ -1,6 +1,7 @@
 """refine: swaps after the assignment keep the layout complete and only improve it."""
 
 import numpy as np
+import pytest
 
 from gridtsne import assign, quality, refine
 
@@ -188,3 +189,22 @@ def test_images_left_out_of_the_grid_are_never_moved_onto_it():
     cell_of_image[:100] = rng.permutation(100)
     refined = refine.refine_layout(vectors, cell_of_image, 10, 10)
     assert (refined[100:] == -1).all() and sorted(refined[:100].tolist()) == list(range(100))
+
+
+@pytest.mark.parametrize("band_bytes", [1, 1 << 30])
+def test_the_stencil_filled_band_by_band_is_the_one_refreshed_cell_by_cell(monkeypatch, band_bytes):
+    # The distances swaps start from are filled a band of grid rows at a time (one row, or
+    # the whole grid at once here); after swaps, cells are refreshed one by one. The two
+    # must agree to the last bit, or a swap and its reverse could both look like gains.
+    monkeypatch.setattr(refine, "FILL_BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(13)
+    rows, cols = 9, 11
+    vectors = rng.normal(size=(80, 6)).astype(np.float32)
+    cells = rng.permutation(rows * cols)[:80]  # 19 empty cells
+    stencil = refine._NeighbourDistances(vectors, cells, rows, cols, reach=4)
+    filled = stencil.distance.copy()
+    stencil.distance[:] = 0.0
+    stencil.refresh(stencil.inner)
+    occupied = stencil.inner[stencil.occupant[stencil.inner] != stencil.empty]
+    assert (filled[occupied] > 0).any(axis=1).all()  # every photo's row was filled
+    assert np.array_equal(filled, stencil.distance)
