@@ -225,7 +225,8 @@ def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) 
 def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
     """For a swap of the cells at 0 and (d_row, d_col): the cells whose four nearest change
     (relative padded offsets), and where each of their four distances is read in the
-    stencil before the swap and after it."""
+    stencil after the swap and before it: the cell, the stencil slot and the other cell,
+    each (2, cells, 4), after first."""
     pair = [(0, 0), (d_row, d_col)]
     affected = sorted({(r + e_r, c + e_c) for r, c in pair for e_r, e_c in _BESIDE} | set(pair))
 
@@ -247,9 +248,10 @@ def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
             after_slot.append(stencil.slot(y[0] - x[0], y[1] - x[1]))
             after_other.append(offset(y))
     shape = (len(affected), len(_BESIDE))
+    # Stacked after the swap first, then before: (2, affected cells, 4) each.
     return tuple(
-        np.reshape(a, shape)
-        for a in (before_at, before_slot, before_other, after_at, after_slot, after_other)
+        np.stack([np.reshape(after, shape), np.reshape(before, shape)])
+        for after, before in ((after_at, before_at), (after_slot, before_slot), (after_other, before_other))
     )
 
 
@@ -362,21 +364,23 @@ def swap_layout(
                 continue
             change = distance[first] @ first_weights + distance[second] @ second_weights
             if nearest.any():
-                at_offset, slot, other_offset, new_at_offset, new_slot, new_other_offset = gathers
-                base = first[:, None, None]
+                # After the swap and before it, in one go: each affected cell's four beside.
+                at_offset, slot, other_offset = gathers
+                base = first[:, None, None, None]
                 at, other = base + at_offset, base + other_offset
-                new_at, new_other = base + new_at_offset, base + new_other_offset
                 missing = (occupant[at] == empty) | (occupant[other] == empty)
-                new_missing = (occupant[new_at] == empty) | (occupant[new_other] == empty)
-                change += _nearest_cost(distance[new_at, new_slot], new_missing, nearest).sum(axis=1)
-                change -= _nearest_cost(distance[at, slot], missing, nearest).sum(axis=1)
+                after, before = np.moveaxis(_nearest_cost(distance[at, slot], missing, nearest), 1, 0)
+                change += after.sum(axis=1)
+                change -= before.sum(axis=1)
             if stay_cost > 0:
                 home_first, home_second = home_at[occupant[first]], home_at[occupant[second]]
-                away = (
-                    stencil.away(home_first, second, leave) + stencil.away(home_second, first, leave)
-                    - stencil.away(home_first, first, leave) - stencil.away(home_second, second, leave)
-                )  # fmt: skip
-                change += stay_cost * away
+                # Each image away from home where the swap puts it, less where it is now.
+                away = stencil.away(
+                    np.stack([home_first, home_second, home_first, home_second]),
+                    np.stack([second, first, first, second]),
+                    leave,
+                )
+                change += stay_cost * (away[0] + away[1] - away[2] - away[3])
             better = change < -1e-9
             if not better.any():
                 continue
