@@ -225,8 +225,8 @@ def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) 
 def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
     """For a swap of the cells at 0 and (d_row, d_col): the cells whose four nearest change
     (relative padded offsets), and where each of their four distances is read in the
-    stencil after the swap and before it: the cell, the stencil slot and the other cell,
-    each (2, cells, 4), after first."""
+    stencil after the swap and before it: the cell, the entry in the flattened stencil
+    (cell x side^2 + slot) and the other cell, each (2, cells, 4), after first."""
     pair = [(0, 0), (d_row, d_col)]
     affected = sorted({(r + e_r, c + e_c) for r, c in pair for e_r, e_c in _BESIDE} | set(pair))
 
@@ -249,10 +249,11 @@ def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
             after_other.append(offset(y))
     shape = (len(affected), len(_BESIDE))
     # Stacked after the swap first, then before: (2, affected cells, 4) each.
-    return tuple(
+    at, slot, other = (
         np.stack([np.reshape(after, shape), np.reshape(before, shape)])
         for after, before in ((after_at, before_at), (after_slot, before_slot), (after_other, before_other))
     )
+    return at, at * stencil.side**2 + slot, other
 
 
 def swap_layout(
@@ -286,6 +287,8 @@ def swap_layout(
         vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols, ring + SWAP_REACH
     )
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
+    hollow = occupant == empty  # the empty cells: swaps never move them
+    flat_distance = distance.ravel()  # a view: entry (cell, slot) at cell * side^2 + slot
     # The padded home cell of each image (and of the empty stand-in): -1 where none is kept.
     home_at = np.full(empty + 1, -1, dtype=np.int64)
     if home is not None and stay_cost > 0:
@@ -329,15 +332,10 @@ def swap_layout(
                         pairs = allowed[first] & allowed[second]
                         first, second = first[pairs], second[pairs]
                     if len(first):
-                        classes.append(
-                            (
-                                first,
-                                second,
-                                first_weights,
-                                second_weights,
-                                gathers,
-                            )
-                        )
+                        # Swaps trade two photos, never a photo and an empty cell, so which
+                        # cells are empty never changes: pairs with one are left out here.
+                        held = (occupant[first] != empty) & (occupant[second] != empty)
+                        classes.append((first[held], second[held], first_weights, second_weights, gathers))
     # A pair's change of the objective depends only on the images within ``ring`` cells of its
     # two cells. ``changed_at[cell]`` is when an image within ``ring`` of the cell last moved
     # (a count of the classes tried), ``tried_at[class]`` when that class was last tried: a
@@ -356,20 +354,19 @@ def swap_layout(
             first, second, first_weights, second_weights, gathers = classes[index]
             clock += 1
             since, tried_at[index] = tried_at[index], clock
-            both = (occupant[first] != empty) & (occupant[second] != empty)
             if since >= 0:
-                both &= (changed_at[first] > since) | (changed_at[second] > since)
-            first, second = first[both], second[both]
+                fresh = (changed_at[first] > since) | (changed_at[second] > since)
+                first, second = first[fresh], second[fresh]
             if not len(first):
                 continue
             change = distance[first] @ first_weights + distance[second] @ second_weights
             if nearest.any():
                 # After the swap and before it, in one go: each affected cell's four beside.
-                at_offset, slot, other_offset = gathers
+                at_offset, at_entry, other_offset = gathers
                 base = first[:, None, None, None]
-                at, other = base + at_offset, base + other_offset
-                missing = (occupant[at] == empty) | (occupant[other] == empty)
-                after, before = np.moveaxis(_nearest_cost(distance[at, slot], missing, nearest), 1, 0)
+                missing = hollow[base + at_offset] | hollow[base + other_offset]
+                values = flat_distance[base * stencil.side**2 + at_entry]
+                after, before = np.moveaxis(_nearest_cost(values, missing, nearest), 1, 0)
                 change += after.sum(axis=1)
                 change -= before.sum(axis=1)
             if stay_cost > 0:
