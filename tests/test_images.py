@@ -159,6 +159,9 @@ def test_every_file_of_a_walked_folder_is_embedded_skipped_or_counted(cli, tmp_p
     picture.paste(Image.new("RGB", (32, 24), "blue"), (0, 0))
     kinds = {"TGA": "a.tga", "ICO": "b.ico", "PCX": "c.pcx", "SGI": "d.sgi", "QOI": "e.qoi",
              "JPEG2000": "f.jp2", "MPO": "g.mpo", "DDS": "h.dds"}  # fmt: skip
+    # The oldest Pillow gridtsne admits reads QOI but cannot write it: only what this one writes.
+    Image.init()
+    kinds = {kind: name for kind, name in kinds.items() if kind in Image.SAVE}
     for kind, name in kinds.items():
         picture.save(folder / name, format=kind)
     for name in ("notes.txt", "data.json", "README", ".DS_Store"):
