@@ -31,8 +31,8 @@ nothing), and their peaks and seconds are compared:
     python benchmarks/stable_update.py --workdirs /work --only combined10k --seeds 0 --room 0.1 --memory
 
 ``--set module.NAME=VALUE`` assigns a gridtsne constant first (as ``layout_settings.py``
-does), to measure a setting against the code as it is, e.g. ``assign.UPDATE_PASSES=12``.
-(Not passed to ``--memory``'s child processes.)
+does), to measure a setting against the code as it is, e.g. ``assign.UPDATE_PASSES=12``;
+``--memory``'s child processes get the same settings.
 """
 
 import argparse
@@ -150,7 +150,7 @@ def memory_child(step: str, folder: str, seed: int) -> None:
     print(json.dumps({"peak_mib": peak, "seconds": seconds}))
 
 
-def memory(folders, seeds) -> None:
+def memory(folders, seeds, settings: list[str]) -> None:
     """(a) add 10%: the update's peak RSS and seconds against a fresh layout's, each in its own process."""
     print(f"{'collection':<11} {'N':>6} {'seed':>4} {'fresh MiB':>9} {'update MiB':>10} {'ratio':>6} "
           f"{'fresh s':>7} {'update s':>8}")  # fmt: skip
@@ -162,7 +162,8 @@ def memory(folders, seeds) -> None:
                 measured = {}
                 for step in ("start", "update", "fresh"):
                     out = subprocess.run(
-                        [sys.executable, __file__, "--child", step, scratch, str(seed), "--room", str(ROOM)],
+                        [sys.executable, __file__, "--child", step, scratch, str(seed), "--room", str(ROOM),
+                         "--set", *settings],
                         check=True, capture_output=True, text=True,
                     )  # fmt: skip
                     measured[step] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -199,7 +200,7 @@ def main() -> None:
         return
     folders = sorted(p for p in Path(args.workdirs).iterdir() if (p / "embeddings.npy").is_file())
     if args.memory:
-        memory([f for f in folders if not args.only or f.name in args.only], args.seeds)
+        memory([f for f in folders if not args.only or f.name in args.only], args.seeds, args.set)
         return
     print(
         f"{'collection':<11} {'N':>5} {'scenario':<11} {'same cell':>9} {'per step':>8} "

@@ -38,6 +38,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 TIES = ("expected", "favourable")
 DPQ_P = 16
@@ -84,6 +85,14 @@ def _ring_ranks(cells: np.ndarray) -> np.ndarray:
     ranks = np.zeros(int(occurring[-1]) + 1, dtype=dtype)
     ranks[occurring] = np.arange(len(occurring))
     return ranks
+
+
+def _summed(parts) -> tuple:
+    """Tuples of sums added element by element, in their order, as they come (one held)."""
+    totals = None
+    for part in parts:
+        totals = part if totals is None else tuple(a + b for a, b in zip(totals, part, strict=True))
+    return totals
 
 
 def _gain(mean_distance_by_k: np.ndarray, random_distance: float) -> np.ndarray:
@@ -147,11 +156,11 @@ def layout_quality(
         product for the whole block (a product of a few rows would stream all N vectors for
         each few); the rest is done ``rows_at_once`` queries at a time, a query per row."""
         distances = _distances(points[index], points, point_sq)
-        totals = None
-        for start in range(0, len(index), rows_at_once):  # added as they come: 3 x N held, not more
-            part = score(index[start : start + rows_at_once], distances[start : start + rows_at_once])
-            totals = part if totals is None else tuple(a + b for a, b in zip(totals, part, strict=True))
-        return totals
+        parts = (
+            score(index[start : start + rows_at_once], distances[start : start + rows_at_once])
+            for start in range(0, len(index), rows_at_once)
+        )
+        return _summed(parts)
 
     def score(index: np.ndarray, embedding_distance: np.ndarray) -> tuple:
         """``block``'s sums for these queries, whose distances to every point are given."""
@@ -219,19 +228,14 @@ def layout_quality(
     # Blocks of queries on QUALITY_THREADS threads (numpy's sorts and products let go of the
     # GIL), each block's memory within _CHUNK_BYTES / threads. BLAS keeps to one thread in
     # each: its own threads on top oversubscribed two cores (0.79 s against 0.60 s at 10,000
-    # photos, the same numbers). The sums are added in block
-    # order as the blocks come back, so the numbers do not depend on which thread finished
-    # first, and only a few blocks' sums (3 x N each) are held at once, whatever N.
+    # photos, the same numbers). The sums are added in block order as the blocks come back,
+    # so the numbers do not depend on which thread finished first, and only a few blocks'
+    # sums (3 x N each) are held at once, whatever N.
     size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
     rows_at_once = max(1, min(size, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
     blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
-    from threadpoolctl import threadpool_limits
-
     with ThreadPoolExecutor(QUALITY_THREADS) as pool, threadpool_limits(1, user_api="blas"):
-        parts = iter(pool.map(block, blocks))
-        totals = next(parts)
-        for part in parts:
-            totals = tuple(total + value for total, value in zip(totals, part, strict=True))
+        totals = _summed(pool.map(block, blocks))
     sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours = totals
     random_distance = sum_random / len(queries)
     sum_by_k_embedding, sum_by_k_grid, sum_by_k_authors = (

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 def normalise(embeddings: np.ndarray, *, copy: bool = True) -> np.ndarray:
@@ -117,12 +120,10 @@ def nearest_unit_rows(
     one BLAS thread each (the selection of the k nearest is single-threaded numpy; each
     chunk's rows of the result are its own, so the result does not depend on the threads). ``among``
     (a bool per row): only those rows are found, without a copy of them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
     k = min(k, len(rows) if among is None else int(np.count_nonzero(among)))
-    chunk = max(1, min(256, SEARCH_CHUNK_BYTES // (8 * SEARCH_THREADS * max(1, len(rows)))))
+    # For k = 1 the product is all the work: BLAS's own threads, one chunk at a time.
+    threads = 1 if k == 1 else SEARCH_THREADS
+    chunk = max(1, min(256, SEARCH_CHUNK_BYTES // (8 * threads * max(1, len(rows)))))
     found = np.empty((len(queries), k), dtype=np.int64)
     distance = np.empty((len(queries), k), dtype=np.float64)
 
@@ -143,12 +144,12 @@ def nearest_unit_rows(
         distance[start : start + chunk] = np.sqrt(np.maximum(2.0 - 2.0 * nearest, 0.0))
 
     starts = range(0, len(queries), chunk)
-    if k == 1:  # the product is all the work: BLAS's own threads, one chunk at a time
+    if threads == 1:
         for start in starts:
             search(start)
-        return found, distance
-    with ThreadPoolExecutor(SEARCH_THREADS) as pool, threadpool_limits(1, user_api="blas"):
-        list(pool.map(search, starts))
+    else:
+        with ThreadPoolExecutor(threads) as pool, threadpool_limits(1, user_api="blas"):
+            list(pool.map(search, starts))
     return found, distance
 
 
@@ -163,7 +164,6 @@ def row_keys(vectors: np.ndarray) -> np.ndarray:
     Rows are hashed where they lie (no copy of each), in ``SEARCH_THREADS`` contiguous parts
     on as many threads: hashlib lets go of the GIL for inputs this long."""
     import hashlib
-    from concurrent.futures import ThreadPoolExecutor
 
     rows = np.ascontiguousarray(vectors, dtype=np.float32)
     keys = np.empty(len(rows), dtype=np.uint64)
