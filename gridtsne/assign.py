@@ -468,6 +468,17 @@ def _first_cells(place: np.ndarray, home: np.ndarray, rows: int, cols: int) -> n
     return cells
 
 
+def _kin(vectors: np.ndarray, home: np.ndarray, kin: np.ndarray | None) -> np.ndarray:
+    """Each new photo's (``home`` -1) nearest staying photo in the embedding (cosine): from
+    ``kin`` where it was found among the same staying photos, else searched."""
+    new, staying = home < 0, home >= 0
+    if kin is not None and np.shape(kin) == home.shape and np.array_equal(kin < 0, staying):
+        found = np.asarray(kin)[new]
+        if (found < len(home)).all() and staying[found].all():
+            return found
+    return nearest_unit_rows(vectors[new], vectors, among=staying)[0][:, 0]
+
+
 def update_layout(
     coords: np.ndarray,
     embeddings: np.ndarray,
@@ -480,6 +491,7 @@ def update_layout(
     unit_rows: bool = False,
     vacated: np.ndarray | None = None,
     basis=None,
+    kin: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """An earlier grid updated for a changed photo set: the cell of each image and the results.
 
@@ -501,7 +513,9 @@ def update_layout(
     photos beside a hole may re-sort for the neighbours they lost (only for a clear gain, as
     above). ``basis``: refinement's basis from the fresh layout (``layout(keep_basis=True)``),
     so that an update swaps on the grid's own components without a PCA of its own (about a
-    third of a second at 10,000 photos). ``unit_rows``: as ``layout``'s.
+    third of a second at 10,000 photos). ``kin``: reduce's nearest staying row of each new row
+    (``reduce.place_new_points``), used where its staying photos are this grid's, so that the
+    search is not made twice. ``unit_rows``: as ``layout``'s.
     """
     n_images, n_cells = len(home), rows * cols
     kept = np.flatnonzero(home >= 0)
@@ -511,7 +525,7 @@ def update_layout(
     place[kept] = centre_rc[home[kept]]
     vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
     if len(new):
-        place[new] = centre_rc[home[nearest_unit_rows(vectors[new], vectors, among=home >= 0)[0][:, 0]]]
+        place[new] = centre_rc[home[_kin(vectors, home, kin)]]
     points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
     weights = np.where(home >= 0, stay_weight, 1.0)
     if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
@@ -665,7 +679,10 @@ class AssignStage(Stage):
         map_layout = map_state[0].get("layout") if map_state else None
         update, why_fresh = self.plan_update(workdir, options, keys, map_layout, embeddings.shape[1])
         if update is not None:
-            results = self.update(coords, embeddings, options, update)
+            # The new photos' kin, as reduce found them placing them on this very photo set.
+            same_photos = map_state is not None and np.array_equal(map_state[1].get("keys"), keys)
+            kin = map_state[1].get("kin") if same_photos else None
+            results = self.update(coords, embeddings, options, update, kin)
         else:
             results = self.fresh(workdir, coords, embeddings, options, context)
             results["why"] = why_fresh
@@ -680,7 +697,7 @@ class AssignStage(Stage):
         save_npy(workdir.file(GRID), cell_of_image)
         return results
 
-    def update(self, coords, embeddings, options: AssignOptions, update) -> dict:
+    def update(self, coords, embeddings, options: AssignOptions, update, kin=None) -> dict:
         old_rows, old_cols, earlier_cell, removed_cells, basis = update
         rows, cols = options.grid or grown_shape(
             old_rows, old_cols, with_room(len(coords), options.room / 2), options.aspect or (1.0, 1.0)
@@ -694,6 +711,7 @@ class AssignStage(Stage):
         cell_of_image, results = update_layout(
             coords, embeddings, home, rows, cols, refine_grid=options.refine,
             stay_weight=STAY_WEIGHT if options.room else 1.0, unit_rows=True, vacated=vacated, basis=basis,
+            kin=kin,
         )  # fmt: skip
         return {**results, "mode": "update", "removed": len(removed_cells), "grew_from": [old_rows, old_cols],
                 "offset": [row_offset, col_offset], "cell_of_image": cell_of_image,

@@ -235,3 +235,33 @@ def test_updates_swap_on_the_fresh_layouts_own_components(tmp_path):
         _, state = load_state(work / ASSIGN_STATE)
         assert np.array_equal(state["basis_mean"], fresh["basis_mean"])
         assert np.array_equal(state["basis_directions"], fresh["basis_directions"])
+
+
+def test_an_update_takes_the_new_photos_kin_from_reduce_and_gets_the_grid_its_own_search_gives(
+    vectors, tmp_path, monkeypatch
+):
+    """Reduce finds each new photo's nearest staying photo as it places it; assign takes that
+    kin instead of searching again, and the grid is the one its own search gives. A kin
+    that does not fit the photos (a damaged state) is searched again."""
+    from gridtsne.workdir import REDUCE_STATE, load_state, save_state
+
+    searched = []
+    search = assign.nearest_unit_rows
+    monkeypatch.setattr(assign, "nearest_unit_rows", lambda *a, **k: searched.append(1) or search(*a, **k))
+    twins = np.array([3, 100, 200])
+    noise = np.random.default_rng(0).normal(0, 1e-3, (3, vectors.shape[1]))
+    added = np.vstack([vectors[:240], vectors[twins] * (1 + noise)])
+    grids = []
+    for folder, damage in (("taken", False), ("searched", True)):
+        work = Workdir(tmp_path / folder)
+        lay_out(work.path, vectors[:240])
+        save_npy(work.file("embeddings.npy"), added.astype(np.float32))
+        reduce.run(work, ReduceOptions())
+        meta, state = load_state(work.file(REDUCE_STATE))
+        assert (state["kin"][:240] == -1).all() and (state["kin"][240:] == twins).all()
+        if damage:
+            save_state(work.file(REDUCE_STATE), meta, **{**state, "kin": np.roll(state["kin"], 1)})
+        assert assign.run(work, AssignOptions())["mode"] == "update"
+        assert bool(searched) == damage
+        grids.append(np.load(work.file("grid.npy")))
+    assert (grids[0] == grids[1]).all()
