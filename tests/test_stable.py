@@ -265,3 +265,63 @@ def test_an_update_takes_the_new_photos_kin_from_reduce_and_gets_the_grid_its_ow
         assert bool(searched) == damage
         grids.append(np.load(work.file("grid.npy")))
     assert (grids[0] == grids[1]).all()
+
+
+UPDATE_CHILD = """
+import sys
+from gridtsne import assign, reduce
+from gridtsne.workdir import Workdir
+work = Workdir(sys.argv[1])
+with work.lock():  # as the command line runs each stage
+    reduce.run(work)
+    assign.run(work)
+"""
+
+
+def test_kill_9_at_any_moment_of_an_update_leaves_a_whole_layout_and_a_rerun_finishes_it(tmp_path):
+    """A real SIGKILL, at several moments of an update (reduce then assign, in a process of
+    their own): every file left is the earlier layout's or the update's, never a torn one,
+    and running the update again gives exactly the grid of an update never killed, and
+    clears the temporary that a kill in the middle of a write leaves."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 64))
+    vectors = (centres[rng.integers(0, 20, 2200)] + 0.4 * rng.normal(size=(2200, 64))).astype(np.float32)
+    start = tmp_path / "start"
+    lay_out(start, vectors[:2000])
+    names = ("coords.npy", "grid.npy", "reduce-state.npz", "assign-state.npz")
+    earlier = {name: (start / name).read_bytes() for name in names}
+
+    def update(folder, kill_after=None):
+        shutil.copytree(start, folder)
+        save_npy(Workdir(folder).file("embeddings.npy"), vectors)
+        began = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-c", UPDATE_CHILD, str(folder)])
+        if kill_after is None:
+            assert child.wait(timeout=120) == 0
+        else:
+            time.sleep(kill_after)
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        return time.perf_counter() - began
+
+    took = update(tmp_path / "whole")
+    finished = {name: (tmp_path / "whole" / name).read_bytes() for name in names}
+    whole = np.load(tmp_path / "whole" / "grid.npy")
+    for share in (0.5, 0.75, 0.9):  # in reduce, between reduce and assign, in assign or after
+        folder = tmp_path / f"killed-{share}"
+        update(folder, kill_after=share * took)
+        for name in names:
+            left = (folder / name).read_bytes()
+            assert left in (earlier[name], finished[name]), name  # never a torn or a third file
+        (folder / ".coords.npy.k1ll3d0a.tmp").write_bytes(b"half a write")  # as a kill mid-write leaves
+        (folder / ".notes.tmp").write_text("not gridtsne's")
+        rerun = subprocess.run([sys.executable, "-c", UPDATE_CHILD, str(folder)], timeout=120)
+        assert rerun.returncode == 0
+        assert np.array_equal(np.load(folder / "grid.npy"), whole), share
+        assert sorted(path.name for path in folder.glob(".*tmp")) == [".notes.tmp"]
