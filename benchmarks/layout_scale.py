@@ -45,9 +45,15 @@ With ``--stages``, gridtsne alone, once per size, with the seconds and the
 peak memory after each step of reduce and assign (for projecting to larger N).
 """
 
+# ruff: noqa: E402 (the imports follow a look at the environment, which must come first)
+import os
+
+# Whether the user set OpenBLAS's idle-thread timeout before gridtsne's import below sets it:
+# a child that runs the code of --compare-with inherits only the user's value.
+OPENBLAS_TIMEOUT_SET = "OPENBLAS_THREAD_TIMEOUT" in os.environ
+
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -56,6 +62,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+# gridtsne first, as its command line loads it: its OpenBLAS setting must come before numpy.
+import gridtsne  # noqa: F401
+
+# isort: on
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -202,9 +213,11 @@ def prepare(n_points: int, path: str, real: list[str]) -> None:
 
 
 def run_child(*arguments, pythonpath: str | None = None) -> dict:
-    env = None
+    env = dict(os.environ)
+    if not OPENBLAS_TIMEOUT_SET:  # each child's gridtsne decides, as on its command line
+        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     if pythonpath:
-        env = {**os.environ, "PYTHONPATH": pythonpath}
+        env["PYTHONPATH"] = pythonpath
     result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, env=env)
     if result.returncode:
         return {"error": (result.stderr.strip().splitlines() or ["?"])[-1]}
@@ -273,10 +286,10 @@ def main():
                 seconds = statistics.median(r["seconds"] for r in done)
                 peak = statistics.median(r["peak_mib"] for r in done)
                 base = base or (seconds, peak)
-                each = " ".join(f"{r['seconds']:.1f}" for r in done)
+                each = " ".join(f"{r['seconds']:.2f}" for r in done)
                 solver = f" ({done[0]['solver']})" if "solver" in done[0] else ""
                 print(
-                    f"{method:<9} {len(done):>4} {seconds:8.1f} {peak:9.0f} {seconds / base[0]:7.2f} "
+                    f"{method:<9} {len(done):>4} {seconds:8.2f} {peak:9.0f} {seconds / base[0]:7.2f} "
                     f"{peak / base[1]:8.2f} {statistics.median(r['dpq_authors'] for r in done):10.3f} "
                     f"{statistics.median(r['np10'] for r in done):6.3f}  {each}{solver}",
                     flush=True,

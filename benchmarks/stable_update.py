@@ -44,6 +44,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+# gridtsne first, as its command line loads it: its OpenBLAS setting must come before numpy.
+import gridtsne  # noqa: F401
+
+# isort: on
 import numpy as np
 from layout_settings import apply_settings
 

@@ -12,6 +12,15 @@ Errors a user can fix are ``GridtsneError``s (``OptionError`` names the option).
 
 from __future__ import annotations
 
+import os as _os
+
+# Before numpy or scipy load OpenBLAS, which reads it then: its idle threads sleep after about
+# a millisecond (2^20 cycles) instead of spinning for 0.1 s (2^28). numpy and scipy each
+# bring an OpenBLAS of their own, and on two cores one's spinning thread halved the speed of
+# the other's next call and of openTSNE's threads: a layout of 1,024 photos took 1.24 s
+# against 1.00 s, the same grid (docs/benchmarks.md). A value set by the user is kept.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 __version__ = "0.2.0.dev0"
 
 from typing import TYPE_CHECKING, Any  # noqa: E402

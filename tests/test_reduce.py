@@ -109,3 +109,32 @@ def test_placing_new_photos_frees_its_search_rows_without_waiting_for_the_garbag
         assert alive() is None
     finally:
         gc.enable()
+
+
+WATCH_NUMPY = """
+import os, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not seen:  # what OpenBLAS will read as numpy loads it
+            seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+sys.meta_path.insert(0, Watch())
+import gridtsne.cli
+print(seen)
+"""
+
+
+def test_openblas_threads_are_told_to_sleep_soon_before_numpy_loads_and_a_users_value_wins():
+    """numpy's and scipy's OpenBLAS each keep idle threads spinning for 0.1 s by default,
+    which on two cores halves the other's speed: gridtsne shortens that before numpy loads
+    OpenBLAS (it reads the setting then), unless the user set it."""
+    import os
+    import subprocess
+    import sys
+
+    for preset, expected in ((None, "['20']"), ("7", "['7']")):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+        if preset:
+            env["OPENBLAS_THREAD_TIMEOUT"] = preset
+        result = subprocess.run([sys.executable, "-c", WATCH_NUMPY], capture_output=True, text=True, env=env)
+        assert result.stdout.strip() == expected, result.stderr
