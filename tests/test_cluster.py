@@ -227,6 +227,12 @@ def test_a_worker_that_cannot_see_the_photos_is_an_error_before_any_work(photos,
     hide = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs none "{photos}" && exec "$0" "$@"']
     worker = start_worker(address, tmp_path / "dask" / "worker.log", *hide)
     try:
+        # Registered before the run: on a loaded machine a worker may take longer to start
+        # than embed waits for one, which would be another error than the one tested here.
+        import distributed
+
+        with distributed.Client(address, timeout=30) as probe:
+            probe.wait_for_workers(1, timeout=60)
         result = cli("embed", photos, "-w", tmp_path / "work", "--cluster", address)
     finally:
         cluster.shutdown()
