@@ -16,9 +16,10 @@ import os as _os
 
 # Before numpy or scipy load OpenBLAS, which reads it then: its idle threads sleep after about
 # a millisecond (2^20 cycles) instead of spinning for 0.1 s (2^28). numpy and scipy each
-# bring an OpenBLAS of their own, and on two cores one's spinning thread halved the speed of
-# the other's next call and of openTSNE's threads: a layout of 1,024 photos took 1.24 s
-# against 1.00 s, the same grid (docs/benchmarks.md). A value set by the user is kept.
+# bring an OpenBLAS of their own, and on two cores one's spinning thread slowed the other's
+# next call (scipy's eigh after numpy's product: 0.10 s against 0.055 s) and openTSNE's
+# threads: a layout of 1,024 photos took 1.0-1.2 s against 1.2-1.3 s, the same grid
+# (docs/benchmarks.md). A value set by the user is kept.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 __version__ = "0.2.0.dev0"

@@ -472,8 +472,10 @@ def _kin(vectors: np.ndarray, home: np.ndarray, kin: np.ndarray | None) -> np.nd
     """Each new photo's (``home`` -1) nearest staying photo in the embedding (cosine): from
     ``kin`` where it was found among the same staying photos, else searched."""
     new, staying = home < 0, home >= 0
-    if kin is not None and np.shape(kin) == home.shape and np.array_equal(kin < 0, staying):
-        found = np.asarray(kin)[new]
+    kin = None if kin is None else np.asarray(kin)
+    usable = kin is not None and kin.shape == home.shape and np.issubdtype(kin.dtype, np.integer)
+    if usable and np.array_equal(kin < 0, staying):  # a state of other photos is not used
+        found = kin[new]
         if (found < len(home)).all() and staying[found].all():
             return found
     return nearest_unit_rows(vectors[new], vectors, among=staying)[0][:, 0]

@@ -316,9 +316,8 @@ def place_new_points(
     kept = np.asarray(kept, dtype=bool)
     points = np.empty((len(embeddings), 2), dtype=np.float64)
     points[kept] = kept_map
-    kin = np.full(len(points), -1, dtype=np.int64) if kept.all() else None
     if kept.all():
-        return (points, kin) if with_kin else points
+        return (points, np.full(len(points), -1, dtype=np.int64)) if with_kin else points
     n_kept, n_new = int(kept.sum()), int((~kept).sum())
     if n_kept * n_new <= EXACT_PLACING_PAIRS:
         unit = normalise(np.asarray(embeddings, dtype=np.float32))
@@ -336,7 +335,8 @@ def place_new_points(
         negative_gradient_method="fft",  # for the new points alone, 8 times as fast as BH at 9,000
     )  # fmt: skip
     points[~kept] = np.asarray(reference.transform(new_rows), dtype=np.float64)
-    if getattr(affinities, "nearest", None) is not None:
+    kin = None
+    if getattr(affinities, "nearest", None) is not None:  # the exact search found them
         kin = np.full(len(points), -1, dtype=np.int64)
         kin[~kept] = affinities.nearest
     return (points, kin) if with_kin else points

@@ -242,7 +242,8 @@ def test_an_update_takes_the_new_photos_kin_from_reduce_and_gets_the_grid_its_ow
 ):
     """Reduce finds each new photo's nearest staying photo as it places it; assign takes that
     kin instead of searching again, and the grid is the one its own search gives. A kin
-    that does not fit the photos (a damaged state) is searched again."""
+    that does not fit the photos, or is not made of row numbers (a damaged state), is
+    searched again."""
     from gridtsne.workdir import REDUCE_STATE, load_state, save_state
 
     searched = []
@@ -252,7 +253,8 @@ def test_an_update_takes_the_new_photos_kin_from_reduce_and_gets_the_grid_its_ow
     noise = np.random.default_rng(0).normal(0, 1e-3, (3, vectors.shape[1]))
     added = np.vstack([vectors[:240], vectors[twins] * (1 + noise)])
     grids = []
-    for folder, damage in (("taken", False), ("searched", True)):
+    damages = {"taken": None, "rolled": lambda kin: np.roll(kin, 1), "floats": lambda kin: kin + 0.5}
+    for folder, damage in damages.items():
         work = Workdir(tmp_path / folder)
         lay_out(work.path, vectors[:240])
         save_npy(work.file("embeddings.npy"), added.astype(np.float32))
@@ -260,11 +262,12 @@ def test_an_update_takes_the_new_photos_kin_from_reduce_and_gets_the_grid_its_ow
         meta, state = load_state(work.file(REDUCE_STATE))
         assert (state["kin"][:240] == -1).all() and (state["kin"][240:] == twins).all()
         if damage:
-            save_state(work.file(REDUCE_STATE), meta, **{**state, "kin": np.roll(state["kin"], 1)})
+            save_state(work.file(REDUCE_STATE), meta, **{**state, "kin": damage(state["kin"])})
+        searched.clear()
         assert assign.run(work, AssignOptions())["mode"] == "update"
-        assert bool(searched) == damage
+        assert bool(searched) == (damage is not None)
         grids.append(np.load(work.file("grid.npy")))
-    assert (grids[0] == grids[1]).all()
+    assert all((grid == grids[0]).all() for grid in grids)
 
 
 UPDATE_CHILD = """
