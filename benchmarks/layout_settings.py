@@ -21,9 +21,13 @@ import importlib
 import time
 from pathlib import Path
 
+# isort: off
+# gridtsne first, as its command line loads it: its OpenBLAS setting must come before numpy.
+import gridtsne
+
+# isort: on
 import numpy as np
 
-import gridtsne
 from gridtsne import quality
 from gridtsne.vectors import normalise
 
