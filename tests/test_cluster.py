@@ -5,6 +5,7 @@ and a ``dask scheduler`` with two ``dask worker`` processes started here on
 loopback, as a user would start them by hand.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,8 +60,12 @@ def start_scheduler(folder: Path) -> tuple[subprocess.Popen, str]:
     scheduler_file = folder / "scheduler.json"
     process = start(str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                     "--scheduler-file", str(scheduler_file), log=folder / "scheduler.log")  # fmt: skip
-    wait_for(scheduler_file.exists, 30, "scheduler")
-    return process, json.loads(scheduler_file.read_text())["address"]
+    try:
+        wait_for(scheduler_file.exists, 60, "scheduler")
+        return process, json.loads(scheduler_file.read_text())["address"]
+    except BaseException:  # a scheduler too slow to start is stopped, not left running
+        stop(process)
+        raise
 
 
 def start_worker(address: str, log: Path, *wrapper: str) -> subprocess.Popen:
@@ -78,17 +83,15 @@ def local_cluster():
 def scheduler(tmp_path_factory):
     """A ``dask scheduler`` and two ``dask worker`` processes on loopback, as started by hand."""
     folder = tmp_path_factory.mktemp("dask")
-    process, address = start_scheduler(folder)
-    workers = [start_worker(address, folder / f"worker{n}.log") for n in (1, 2)]
-    try:
+    with contextlib.ExitStack() as cleanup:  # each process stopped, whatever fails before
+        process, address = start_scheduler(folder)
+        cleanup.callback(stop, process)
+        for n in (1, 2):
+            cleanup.callback(stop, start_worker(address, folder / f"worker{n}.log"))
+        cleanup.callback(cluster.shutdown)
         client = cluster.client_for(address)
         wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "two workers")
         yield address
-    finally:
-        cluster.shutdown()
-        for worker in workers:
-            stop(worker)
-        stop(process)
 
 
 def with_a_bad_file(photos: Path) -> Path:
@@ -222,22 +225,20 @@ def test_an_unreachable_scheduler_is_one_line_naming_its_address(photos, tmp_pat
 def test_a_worker_that_cannot_see_the_photos_is_an_error_before_any_work(photos, tmp_path, cli):
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("this machine does not allow unprivileged mount namespaces")
-    process, address = start_scheduler(tmp_path / "dask")
-    # The worker sees an empty folder where the photos are: no shared filesystem.
-    hide = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs none "{photos}" && exec "$0" "$@"']
-    worker = start_worker(address, tmp_path / "dask" / "worker.log", *hide)
-    try:
+    import distributed
+
+    with contextlib.ExitStack() as cleanup:  # each process stopped, whatever fails before
+        process, address = start_scheduler(tmp_path / "dask")
+        cleanup.callback(stop, process)
+        # The worker sees an empty folder where the photos are: no shared filesystem.
+        hide = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs none "{photos}" && exec "$0" "$@"']
+        cleanup.callback(stop, start_worker(address, tmp_path / "dask" / "worker.log", *hide))
+        cleanup.callback(cluster.shutdown)
         # Registered before the run: on a loaded machine a worker may take longer to start
         # than embed waits for one, which would be another error than the one tested here.
-        import distributed
-
         with distributed.Client(address, timeout=30) as probe:
             probe.wait_for_workers(1, timeout=60)
         result = cli("embed", photos, "-w", tmp_path / "work", "--cluster", address)
-    finally:
-        cluster.shutdown()
-        stop(worker)
-        stop(process)
 
     assert result.exit_code == 1
     assert "cannot see" in result.output and str(photos) in result.output
