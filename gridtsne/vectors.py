@@ -172,10 +172,17 @@ def row_keys(vectors: np.ndarray) -> np.ndarray:
         for row in part:
             keys[row] = int.from_bytes(hashlib.blake2b(rows[row], digest_size=8).digest(), "little")
 
-    bounds = np.linspace(0, len(rows), SEARCH_THREADS + 1).astype(int)
-    with ThreadPoolExecutor(SEARCH_THREADS) as pool:
-        list(pool.map(fingerprint, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]))
+    in_parts(fingerprint, len(rows), SEARCH_THREADS)
     return keys
+
+
+def in_parts(work, count: int, threads: int) -> None:
+    """``work(part)`` for each of ``threads`` contiguous parts of ``range(count)``, on as many
+    threads: for loops over items whose own work lets go of the GIL (a hash, a C search),
+    where a task an item would cost more to dispatch than to do."""
+    bounds = np.linspace(0, count, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]))
 
 
 def match_rows(old_keys: np.ndarray, new_keys: np.ndarray) -> np.ndarray:
