@@ -88,3 +88,46 @@ def test_the_numbers_do_not_depend_on_the_threads_that_score_them(monkeypatch):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-12), key
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("budget", [quality.AHEAD_BYTES, 5 << 20, 0])
+def test_numbers_worked_out_ahead_are_the_same_bit_for_bit(monkeypatch, budget):
+    """The embedding side worked out while the grid is made (all of it, two blocks of eight
+    within a small budget, none) gives the numbers layout_quality gives, and BLAS its threads
+    back."""
+    monkeypatch.setattr(quality, "AHEAD_BYTES", budget)
+    rng = np.random.default_rng(6)
+    vectors = rng.normal(size=(1500, 24)).astype(np.float32)
+    cells = rng.permutation(40 * 40)[:1500]
+    threads = blas_threads()
+    for ties in quality.TIES:
+        with quality.Ahead(vectors) as measure:
+            measure.start()
+            ahead = measure.layout_quality(cells, 40, ties=ties)
+        assert ahead == quality.layout_quality(vectors, cells, 40, ties=ties)
+    assert blas_threads() == threads
+
+
+def test_numbers_not_started_ahead_or_of_two_images_are_still_given():
+    vectors, cells = np.random.default_rng(7).normal(size=(300, 8)), np.arange(300)
+    with quality.Ahead(vectors) as measure:
+        assert measure.layout_quality(cells, 20) == quality.layout_quality(vectors, cells, 20)
+    with quality.Ahead(vectors[:2]) as measure:
+        measure.start()
+        assert measure.layout_quality(np.arange(2), 2)["dpq"] == 1.0
+
+
+def test_a_failure_while_the_numbers_are_worked_out_ahead_gives_blas_its_threads_back():
+    vectors = np.random.default_rng(8).normal(size=(3000, 32)).astype(np.float32)
+    threads = blas_threads()
+    with pytest.raises(RuntimeError), quality.Ahead(vectors) as measure:
+        measure.start()
+        assert set(blas_threads()) == {1}
+        raise RuntimeError("refinement failed")
+    assert blas_threads() == threads
