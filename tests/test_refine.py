@@ -208,3 +208,25 @@ def test_the_stencil_filled_band_by_band_is_the_one_refreshed_cell_by_cell(monke
     occupied = stencil.inner[stencil.occupant[stencil.inner] != stencil.empty]
     assert (filled[occupied] > 0).any(axis=1).all()  # every photo's row was filled
     assert np.array_equal(filled, stencil.distance)
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_sweeps_that_evaluate_every_pair_at_once_swap_exactly_as_class_by_class(monkeypatch, update):
+    """Sweeps with few swaps evaluate all pairs at once and again only near each swap: the
+    grid is the one that trying each class at its turn gives, bit for bit, whichever sweeps
+    do so (none, the later ones, all)."""
+    rng = np.random.default_rng(21)
+    rows, cols = 24, 26
+    vectors = rng.normal(size=(600, 12)).astype(np.float32)
+    cells = rng.permutation(rows * cols)[:600]
+    extra = {}
+    if update:
+        movable = np.zeros(rows * cols, dtype=bool)
+        movable[rng.choice(rows * cols, 400, replace=False)] = True
+        extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
+    grids = []
+    for few in (-1, refine.FEW_GAINING_CLASSES, 10**6):
+        monkeypatch.setattr(refine, "FEW_GAINING_CLASSES", few)
+        grids.append(refine.swap_layout(vectors, cells, rows, cols, **extra))
+    assert (grids[0] != cells).any()
+    assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
