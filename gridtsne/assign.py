@@ -539,24 +539,20 @@ def update_layout(
     place = np.empty((n_images, 2))
     place[kept] = centre_rc[home[kept]]
     vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
-    # The quality numbers' embedding side is worked out beside the assignment and the swaps
-    # (from the start where the earlier layout's basis spares a PCA here, whose numbers would
-    # depend on BLAS's threads, which the quality numbers' thread takes).
+    if len(new):
+        place[new] = centre_rc[home[_kin(vectors, home, kin)]]
+    points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
+    weights = np.where(home >= 0, stay_weight, 1.0)
+    if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
+        solver = resolve_solver("exact", n_cells)
+        cell_of_image = solver.solve(points, rows, cols, weights)
+    else:  # from the earlier grid, better window by window: far from the changes nothing moves
+        solver = BlocksSolver(window=UPDATE_WINDOW, max_passes=UPDATE_PASSES)
+        cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols, weights)
+    placed_by_solver = cell_of_image.copy()
+    movable = np.zeros(n_cells, dtype=bool)
+    # The quality numbers' embedding side is worked out during refinement's swaps.
     with quality.Ahead(vectors) as measure:
-        if basis is not None:
-            measure.start()
-        if len(new):
-            place[new] = centre_rc[home[_kin(vectors, home, kin)]]
-        points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
-        weights = np.where(home >= 0, stay_weight, 1.0)
-        if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
-            solver = resolve_solver("exact", n_cells)
-            cell_of_image = solver.solve(points, rows, cols, weights)
-        else:  # from the earlier grid, better window by window: far from the changes nothing moves
-            solver = BlocksSolver(window=UPDATE_WINDOW, max_passes=UPDATE_PASSES)
-            cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols, weights)
-        placed_by_solver = cell_of_image.copy()
-        movable = np.zeros(n_cells, dtype=bool)
         if refine_grid:
             # What changed: the cells of the new photos, and where moved photos went and came from.
             moved = kept[cell_of_image[kept] != home[kept]]
