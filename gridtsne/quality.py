@@ -99,140 +99,6 @@ def _gain(mean_distance_by_k: np.ndarray, random_distance: float) -> np.ndarray:
     return np.clip((random_distance - mean_distance_by_k) / random_distance, 0.0, None)
 
 
-class _Plan:
-    """What of the quality numbers does not depend on the grid: the queries, their blocks (each
-    block's memory within _CHUNK_BYTES / QUALITY_THREADS) and each query's embedding side."""
-
-    def __init__(self, points: np.ndarray, sample_size: int, seed: int, k: int):
-        self.points, self.n_points = points, len(points)
-        if self.n_points > sample_size:
-            chosen = np.random.default_rng(seed).choice(self.n_points, sample_size, replace=False)
-            self.queries = np.sort(chosen)
-        else:
-            self.queries = np.arange(self.n_points)
-        self.k = min(k, self.n_points - 1)
-        self.point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
-        size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * self.n_points * QUALITY_THREADS)))
-        self.rows_at_once = max(
-            1, min(size, _CHUNK_BYTES // (8 * self.n_points * QUALITY_THREADS * _BLOCK_ARRAYS))
-        )
-        self.blocks = [self.queries[start : start + size] for start in range(0, len(self.queries), size)]
-
-    def embedding_side(self, index: np.ndarray) -> tuple:
-        """A block's distances to every point (one product for the whole block: a product of a
-        few rows would stream all N vectors for each few) and, ``rows_at_once`` queries at a
-        time, the rest of their embedding side (``side``), made as they are asked for."""
-        distances = _distances(self.points[index], self.points, self.point_sq)
-        starts = range(0, len(index), self.rows_at_once)
-        return distances, (self.side(distances[start : start + self.rows_at_once]) for start in starts)
-
-    def held_side(self, index: np.ndarray) -> tuple:
-        """``embedding_side`` made whole, to be held until the grid is done (orders as int32)."""
-        distances, sides = self.embedding_side(index)
-        held = []
-        for by_embedding, *rest in sides:
-            held.append((by_embedding.astype(np.int32), *rest))
-        return distances, held
-
-    def side(self, embedding_distance: np.ndarray) -> tuple:
-        """For these queries (rows): the points in embedding order, the distances in that order
-        summed over the queries and all of them summed (the random pair's), and their k
-        nearest in the embedding (those tied with the k-th sharing its place) with the weight
-        each counts for in neighbourhood preservation."""
-        n_points, k = self.n_points, self.k
-        by_embedding = np.argsort(embedding_distance, axis=1)
-        # Self (distance 0) comes first and is dropped.
-        nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
-        sum_embedding = nearest.sum(axis=0)
-        sum_random = nearest.sum() / (n_points - 1)
-        del nearest
-        closest = min(n_points, k + 1 + _TIE_MARGIN)
-        own = by_embedding[:, 1:closest]
-        own_distance = np.take_along_axis(embedding_distance, own, axis=1)
-        kth = own_distance[:, k - 1 : k]
-        tied = np.abs(own_distance - kth) <= 1e-9 * kth
-        below = np.count_nonzero((own_distance < kth) & ~tied, axis=1)[:, None]
-        share_of_tied = (k - below) / np.maximum(1, tied.sum(axis=1))[:, None]
-        embedding_weight = np.where(tied, share_of_tied, np.where(own_distance < kth, 1.0, 0.0))
-        return by_embedding, sum_embedding, sum_random, own.copy(), embedding_weight
-
-
-#: Bytes of embedding sides that ``Ahead`` works out and holds before the grid is done, at most
-#: (each query's distances to every image, float64, and their order, int32): 120 MB for 1,000
-#: queries at 10,000 images, whose quality numbers then take 0.3 s instead of 0.6 s after the
-#: grid. The blocks beyond are worked out at the end, as ``layout_quality`` does.
-AHEAD_BYTES = 128 << 20
-
-
-class Ahead:
-    """The quality numbers of a layout that is still being made, their embedding side worked out
-    while it is made.
-
-    Each query's distances to every image and their order do not depend on the grid, and are
-    about half of the numbers' work. From ``start()`` on, ``Ahead`` works them out on one
-    thread, block by block, while the caller goes on making the grid (refinement's swaps keep
-    to one core); ``layout_quality(cells, cols)`` then adds the grid's side and gives the
-    numbers that ``layout_quality`` gives, bit for bit. BLAS keeps to one thread from
-    ``start()`` on, as in ``layout_quality``: start it after any BLAS work whose numbers depend
-    on BLAS's threads (a PCA's eigenvectors). A context manager: leaving it stops what has not
-    begun and gives BLAS its threads back.
-    """
-
-    def __init__(
-        self, embeddings: np.ndarray, *, k: int = NEIGHBOURS_K, sample_size: int = SAMPLE_SIZE,
-        seed: int = SAMPLE_SEED,
-    ):  # fmt: skip
-        self.embeddings, self.k, self.sample_size, self.seed = embeddings, k, sample_size, seed
-        self._plan, self._futures, self._pool, self._limits = None, [], None, None
-
-    def start(self) -> None:
-        """Begin the embedding side, up to ``AHEAD_BYTES`` of it, on one thread (once)."""
-        points = _points(self.embeddings)
-        if self._pool is not None or len(points) < 3:
-            return
-        self._plan = plan = _Plan(points, self.sample_size, self.seed, self.k)
-        self._limits = threadpool_limits(1, user_api="blas")
-        self._pool = ThreadPoolExecutor(1)
-        held = 0
-        for index in plan.blocks:
-            held += len(index) * plan.n_points * 12
-            if held > AHEAD_BYTES:
-                break
-            self._futures.append(self._pool.submit(plan.held_side, index))
-
-    def layout_quality(self, cell_of_image: np.ndarray, cols: int, *, p: int = DPQ_P, ties: str = "expected"):
-        """``layout_quality`` of the embeddings laid out as ``cell_of_image``."""
-        if self._plan is None:  # never started: nothing is ahead
-            return layout_quality(
-                self.embeddings, cell_of_image, cols, p=p, k=self.k, sample_size=self.sample_size,
-                seed=self.seed, ties=ties,
-            )  # fmt: skip
-        if ties not in TIES:
-            raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
-        try:
-            # A block not begun yet is scored whole at the end; the others wait for their side.
-            ahead = [None if future.cancel() else future for future in self._futures]
-            ahead += [None] * (len(self._plan.blocks) - len(ahead))
-            return _scored(self._plan, cell_of_image, cols, p, ties, ahead)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        for future in self._futures:
-            future.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)  # a block under way finishes first
-        if self._limits is not None:
-            self._limits.restore_original_limits()
-        self._plan, self._futures, self._pool, self._limits = None, [], None, None
-
-    def __enter__(self) -> Ahead:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def layout_quality(
     embeddings: np.ndarray,
     cell_of_image: np.ndarray,
@@ -255,69 +121,61 @@ def layout_quality(
     """
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
-    points = _points(embeddings)
-    if len(points) < 3:
-        return _trivial(len(points), p, k)
-    return _scored(_Plan(points, sample_size, seed, k), cell_of_image, cols, p, ties)
-
-
-def _points(embeddings: np.ndarray) -> np.ndarray:
-    """The embeddings as the quality numbers take them: float32 vectors stay float32 (a float64
-    copy is 10 GB at a million 1,280-d vectors); the dot products are then float32 and the rest
-    float64 (``_distances``)."""
+    # float32 vectors stay float32 (a float64 copy is 10 GB at a million 1,280-d vectors); the
+    # dot products are then float32 and the rest float64 (``_distances``).
     points = np.asarray(embeddings)
-    return points if points.dtype in (np.float32, np.float64) else points.astype(np.float64)
-
-
-def _trivial(n_points: int, p: int, k: int) -> dict:
-    """The numbers of fewer than three images: any layout keeps what there is to keep."""
-    return {
-        "dpq": 1.0,
-        "dpq_authors": 1.0,
-        "dpq_p": p,
-        "neighbourhood_preservation": 1.0,
-        "k": k,
-        "queries": n_points,
-        "sampled": False,
-    }
-
-
-def _scored(plan: _Plan, cell_of_image: np.ndarray, cols: int, p: int, ties: str, ahead=None) -> dict:
-    """``layout_quality`` of ``plan``'s points laid out as ``cell_of_image``; ``ahead``: a future
-    per block of queries whose embedding side was started ahead (None: worked out here)."""
-    n_points = plan.n_points
-    queries = plan.queries
-    k = plan.k
-    grid_cells = grid_positions(cell_of_image, cols).astype(np.int64)
+    if points.dtype not in (np.float32, np.float64):
+        points = points.astype(np.float64)
+    n_points = len(points)
+    if n_points < 3:
+        return {
+            "dpq": 1.0,
+            "dpq_authors": 1.0,
+            "dpq_p": p,
+            "neighbourhood_preservation": 1.0,
+            "k": k,
+            "queries": n_points,
+            "sampled": False,
+        }
+    cells = grid_positions(cell_of_image, cols)
+    if n_points > sample_size:
+        queries = np.sort(np.random.default_rng(seed).choice(n_points, sample_size, replace=False))
+    else:
+        queries = np.arange(n_points)
+    k = min(k, n_points - 1)
+    point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
+    grid_cells = cells.astype(np.int64)
     ring_rank = _ring_ranks(grid_cells)
     n_rings = int(ring_rank.max()) + 1
     ranks = np.arange(1, n_points)
 
-    def block(work: tuple) -> tuple:
-        """Each order's distances summed over a block of queries (D_k is then the running sum at
-        k over k: a sum of running sums is the running sum of the sums, taken once at the end),
-        the random-pair distance's sum and the shared neighbours', from the block's embedding
-        side, worked out here or ahead (``Ahead``); the rest is done ``plan.rows_at_once``
-        queries at a time, a query per row."""
-        index, ahead = work
-        distances, sides = plan.embedding_side(index) if ahead is None else ahead.result()
-        at_once = plan.rows_at_once
+    def block(index: np.ndarray) -> tuple:
+        """Each order's distances summed over these queries (D_k is then the running sum at k
+        over k: a sum of running sums is the running sum of the sums, taken once at the end),
+        the random-pair distance's sum and the shared neighbours'. The distances come from one
+        product for the whole block (a product of a few rows would stream all N vectors for
+        each few); the rest is done ``rows_at_once`` queries at a time, a query per row."""
+        distances = _distances(points[index], points, point_sq)
         parts = (
-            score(index[start : start + at_once], distances[start : start + at_once], side)
-            for start, side in zip(range(0, len(index), at_once), sides, strict=True)
+            score(index[start : start + rows_at_once], distances[start : start + rows_at_once])
+            for start in range(0, len(index), rows_at_once)
         )
         return _summed(parts)
 
-    def score(index: np.ndarray, embedding_distance: np.ndarray, side: tuple) -> tuple:
-        """``block``'s sums for these queries, given their distances to every point and the
-        rest of their embedding side (``_Plan.embedding_side``)."""
-        by_embedding, sum_embedding, sum_random, own, embedding_weight = side
+    def score(index: np.ndarray, embedding_distance: np.ndarray) -> tuple:
+        """``block``'s sums for these queries, whose distances to every point are given."""
         queries_here = np.arange(len(index))[:, None]
         # Squared grid distances, exact in integers, and their rings (0 only for the query).
         grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
         grid_distance += (grid_cells[index, None, 1] - grid_cells[None, :, 1]) ** 2
         ring = ring_rank[grid_distance]
         del grid_distance
+        by_embedding = np.argsort(embedding_distance, axis=1)
+        # Self (distance 0) comes first and is dropped.
+        nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
+        sum_embedding = nearest.sum(axis=0)
+        sum_random = nearest.sum() / (n_points - 1)
+        del nearest
         # The authors' order: by ring, nearest in the embedding first within one (a stable
         # sort of the rings in embedding order; a radix sort when they fit 16 bits).
         within = np.argsort(np.take_along_axis(ring, by_embedding, axis=1), axis=1, kind="stable")
@@ -344,8 +202,16 @@ def _scored(plan: _Plan, cell_of_image: np.ndarray, cols: int, p: int, ties: str
         else:
             sum_grid = np.zeros(n_points - 1)
         del flat
-        # Neighbourhood preservation: the embedding's k nearest (``embedding_weight``), each
-        # counted up to its weight among the k nearest on the grid.
+        # Neighbourhood preservation: the embedding's k nearest (those tied with the k-th
+        # sharing its place), each counted up to its weight among the k nearest on the grid.
+        closest = min(n_points, k + 1 + _TIE_MARGIN)
+        own = by_embedding[:, 1:closest]
+        own_distance = np.take_along_axis(embedding_distance, own, axis=1)
+        kth = own_distance[:, k - 1 : k]
+        tied = np.abs(own_distance - kth) <= 1e-9 * kth
+        below = np.count_nonzero((own_distance < kth) & ~tied, axis=1)[:, None]
+        share_of_tied = (k - below) / np.maximum(1, tied.sum(axis=1))[:, None]
+        embedding_weight = np.where(tied, share_of_tied, np.where(own_distance < kth, 1.0, 0.0))
         if ties == "expected":
             own_ring = np.take_along_axis(ring, own, axis=1).astype(np.int64)
             grid_weight = np.where(
@@ -365,9 +231,11 @@ def _scored(plan: _Plan, cell_of_image: np.ndarray, cols: int, p: int, ties: str
     # photos, the same numbers). The sums are added in block order as the blocks come back,
     # so the numbers do not depend on which thread finished first, and only a few blocks'
     # sums (3 x N each) are held at once, whatever N.
-    work = zip(plan.blocks, ahead if ahead is not None else [None] * len(plan.blocks), strict=True)
+    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
+    rows_at_once = max(1, min(size, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
+    blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
     with ThreadPoolExecutor(QUALITY_THREADS) as pool, threadpool_limits(1, user_api="blas"):
-        totals = _summed(pool.map(block, work))
+        totals = _summed(pool.map(block, blocks))
     sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours = totals
     random_distance = sum_random / len(queries)
     sum_by_k_embedding, sum_by_k_grid, sum_by_k_authors = (

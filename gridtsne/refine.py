@@ -569,7 +569,6 @@ def refine_layout(
     basis=None,
     return_basis: bool = False,
     on_progress=lambda fraction: None,
-    before_swaps=lambda: None,
 ):
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
     seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept. With ``movable``
@@ -577,9 +576,7 @@ def refine_layout(
     changed and leaves the rest of the map as the user knows it. ``basis``: the components to
     swap on (``vectors.pca(with_basis=True)``'s), kept from the fresh layout by an update
     instead of a PCA of its own; ``return_basis``: (cells, the basis used or made).
-    ``on_progress(fraction)`` is told as each start ends. ``before_swaps()`` is called once the
-    components are made, before the swaps, which keep to one core: a caller may then start
-    other work on the other (``quality.Ahead``), BLAS's threads no longer needed here."""
+    ``on_progress(fraction)`` is told as each start ends."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
 
@@ -600,7 +597,6 @@ def refine_layout(
     else:
         components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
         components[placed], basis = projected(np.asarray(vectors)[placed], SWAP_DIMS, basis)
-    before_swaps()
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
     for start in range(total):
