@@ -380,6 +380,8 @@ def swap_layout(
         stencil.refresh(moved)
         changed_at[(moved[:, None] + around[None, :]).ravel()] = now
 
+    if not classes:  # no two movable photos within reach of each other
+        return stencil.cell_of_image()
     pairs = _PairsByOffset(classes, len(occupant))
     gaining_classes = len(classes)
     for _ in range(sweeps):

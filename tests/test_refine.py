@@ -230,3 +230,12 @@ def test_sweeps_that_evaluate_every_pair_at_once_swap_exactly_as_class_by_class(
         grids.append(refine.swap_layout(vectors, cells, rows, cols, **extra))
     assert (grids[0] != cells).any()
     assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
+
+
+def test_an_update_with_no_two_movable_photos_within_reach_moves_nothing():
+    vectors = np.random.default_rng(22).normal(size=(20, 4)).astype(np.float32)
+    cells = np.arange(20)
+    for movable_cells in ([], [0], [0, 19]):
+        movable = np.zeros(20, dtype=bool)
+        movable[movable_cells] = True
+        assert np.array_equal(refine.swap_layout(vectors, cells, 4, 5, movable=movable), cells)
