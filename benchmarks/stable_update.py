@@ -220,8 +220,12 @@ def main() -> None:
         vectors = np.load(folder / "embeddings.npy")
         for name in args.scenarios:
             runs = [scenario(name, vectors, seed) for seed in args.seeds]
+            # A removal has no new photos, so no kin: nan, printed as such, without numpy's warning.
             median = {
-                key: float(np.nanmedian([run[key] for run in runs])) for key in runs[0] if key != "mode"
+                key: float(np.nanmedian(values)) if not np.isnan(values).all() else float("nan")
+                for key in runs[0]
+                if key != "mode"
+                for values in [np.array([run[key] for run in runs], dtype=float)]
             }
             modes = ",".join(sorted({str(run["mode"]) for run in runs}))
             print(
