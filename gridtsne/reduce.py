@@ -330,7 +330,14 @@ def place_new_points(
         np.ascontiguousarray(kept_map), affinities, n_jobs=TSNE_JOBS, random_state=seed,
         negative_gradient_method="fft",  # for the new points alone, 8 times as fast as BH at 9,000
     )  # fmt: skip
-    points[~kept] = np.asarray(reference.transform(new_rows), dtype=np.float64)
+    # openTSNE centres its copy of the map on the middle of its extent when it first lays its
+    # interpolation grid, which it does after the new points start at their neighbours' median:
+    # they then started off by that shift and ended about as far from their kin. Laid here
+    # first, the grid's frame is the one they start and move in, and they are moved back by the
+    # shift into the staying photos' frame, which keeps their places.
+    middle = (reference.max(axis=0) + reference.min(axis=0)) / 2
+    reference.prepare_interpolation_grid()
+    points[~kept] = np.asarray(reference.transform(new_rows), dtype=np.float64) + np.asarray(middle)
     kin = None
     if getattr(affinities, "nearest", None) is not None:  # the exact search found them
         kin = np.full(len(points), -1, dtype=np.int64)

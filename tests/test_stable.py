@@ -204,7 +204,8 @@ def test_new_photos_are_placed_on_the_map_by_their_twin_either_way(vectors, monk
     """Placing new photos searches the staying ones exactly in the full embedding, or (many
     pairs) through openTSNE's index over PCA-50: either way the map of the staying photos is
     untouched and near-duplicates land by their twin (the exact search more often: 9 of these
-    10 against 6)."""
+    10 against 6), most of them right on it: openTSNE's grid, centred on the map, no longer
+    shifts them off it (a fifteenth of the map's spread before)."""
     monkeypatch.setattr(reduce, "EXACT_PLACING_PAIRS", exact_pairs)
     kept_map, _ = reduce.tsne_map(vectors[:240], seed=0)
     twins = np.arange(5, 240, 24)
@@ -213,8 +214,9 @@ def test_new_photos_are_placed_on_the_map_by_their_twin_either_way(vectors, monk
     points = reduce.place_new_points(rows, kept_map, np.arange(len(rows)) < 240, seed=0)
     assert (points[:240] == kept_map).all()
     spread = np.median(np.linalg.norm(kept_map - kept_map.mean(axis=0), axis=1))
-    beside = np.linalg.norm(points[240:] - kept_map[twins], axis=1) < 0.15 * spread
-    assert beside.mean() >= share, beside
+    apart = np.linalg.norm(points[240:] - kept_map[twins], axis=1)
+    assert (apart < 0.15 * spread).mean() >= share, apart / spread
+    assert (apart < 0.02 * spread).mean() >= 0.6, apart / spread
 
 
 def test_updates_swap_on_the_fresh_layouts_own_components(tmp_path):
