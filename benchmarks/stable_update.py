@@ -20,7 +20,10 @@ share of new photos whose nearest embedding neighbour among the staying photos
 (cosine) is within 3 cells (and the same share on the fresh layout: how
 often a layout made at once puts them that close), DPQ_16 as its authors count ties of the update and
 of the fresh layout, and the seconds of the update's reduce + assign beside the
-fresh layout's (their ratio). ``--room SHARE`` lays every grid out with
+fresh layout's (their ratio), and "map kin": how far the new photos lie from their kin
+on reduce's map (coords.npy), the median, over the median distance from a staying photo to
+its nearest staying photo in the embedding (about 1: as close as neighbours usually are).
+``--room SHARE`` lays every grid out with
 assign's ``room`` (empty cells kept among the photos), the fresh ones too.
 Peak memory in that table is the process's largest RSS after each scenario
 (ru_maxrss), which only grows. ``--memory`` measures it apart instead: for
@@ -74,8 +77,13 @@ def cell_rc(cells: np.ndarray, cols: int, offset=(0, 0)) -> np.ndarray:
     return np.stack([row - offset[0], col - offset[1]], axis=1)
 
 
-def compare(before_ids, before_cells, before_cols, after_ids, after_cells, summary, vectors_by_id) -> dict:
-    """Stability and kin figures of one update, photos named by their id in the collection."""
+def compare(
+    before_ids, before_cells, before_cols, after_ids, after_cells, summary, vectors_by_id, coords=None
+) -> dict:
+    """Stability and kin figures of one update, photos named by their id in the collection;
+    with ``coords`` (the map, rows as ``after_ids``), also how far new photos lie from their
+    kin on the map: the median distance, over the median distance from a staying photo to its
+    nearest staying photo in the embedding (up to 1,000 of them, seeded)."""
     offset = summary.get("offset", [0, 0])
     after_rc = cell_rc(after_cells, summary["cols"], offset)
     before_rc = dict(zip(before_ids.tolist(), cell_rc(before_cells, before_cols), strict=True))
@@ -88,12 +96,21 @@ def compare(before_ids, before_cells, before_cols, after_ids, after_cells, summa
         similarity = unit[new] @ unit[staying].T
         kin = staying[similarity.argmax(axis=1)]
         kin_near = float((np.abs(after_rc[new] - after_rc[kin]).max(axis=1) <= 3).mean())
+    map_kin = np.nan
+    if len(new) and coords is not None:
+        some = np.random.default_rng(0).choice(len(staying), min(1000, len(staying)), replace=False)
+        similarity = unit[staying[some]] @ unit[staying].T
+        similarity[np.arange(len(some)), some] = -np.inf
+        nearest = staying[similarity.argmax(axis=1)]
+        apart = np.median(np.linalg.norm(coords[staying[some]] - coords[nearest], axis=1))
+        map_kin = float(np.median(np.linalg.norm(coords[new] - coords[kin], axis=1)) / apart)
     moved = moves[moves > 0]
     return {
         "same_cell": float((moves == 0).mean()),
         "moved_median": float(np.median(moved)) if len(moved) else 0.0,
         "moved_largest": float(moved.max()) if len(moved) else 0.0,
         "kin_within_3": kin_near,
+        "map_kin": map_kin,
     }
 
 
@@ -124,7 +141,8 @@ def scenario(name: str, vectors: np.ndarray, seed: int) -> dict:
             seconds += took
             ids = step
         # Stability against the layout the user started from, after the last step.
-        figures = compare(first_ids, first_cells, first_cols, ids, cells, summary, vectors)
+        coords = np.load(work.file("coords.npy"))
+        figures = compare(first_ids, first_cells, first_cols, ids, cells, summary, vectors, coords)
         figures["same_cell_step"] = float(np.median(per_step))
         figures["dpq_update"] = summary["quality"]["dpq_authors"]
         figures["mode"] = summary.get("mode")
@@ -212,7 +230,7 @@ def main() -> None:
         f"{'moved med':>9} {'max':>5} "
         f"{'kin<=3':>6} {'fresh':>6} {'DPQ upd':>7} {'DPQ fresh':>9} {'ratio':>6} "
         f"{'upd s':>6} {'fresh s':>7} "
-        f"{'upd/fresh':>9} {'RSS MB':>7}"
+        f"{'upd/fresh':>9} {'RSS MB':>7} {'map kin':>7}"
     )
     for folder in folders:
         if args.only and folder.name not in args.only:
@@ -236,7 +254,7 @@ def main() -> None:
                 f"{median['dpq_update']:>7.3f} {median['dpq_fresh']:>9.3f} "
                 f"{median['dpq_update'] / median['dpq_fresh']:>6.3f} {median['update_s']:>6.2f} "
                 f"{median['fresh_s']:>7.2f} {median['update_s'] / median['fresh_s']:>9.2f} "
-                f"{median['peak_rss_mb']:>7.0f}  {modes}",
+                f"{median['peak_rss_mb']:>7.0f} {median['map_kin']:>7.2f}  {modes}",
                 flush=True,
             )
 
