@@ -63,6 +63,11 @@ SWAP_REACH = 2
 FILL_BAND_BYTES = 32 << 20
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8
+#: A sweep after one in which at most this many classes of pairs swapped evaluates every
+#: class's pairs at once, and again only the pairs within reach of each swap
+#: (``_PairsByOffset.sweep``); after more, each class at its turn is cheaper. Speed only:
+#: the swaps are the same either way.
+FEW_GAINING_CLASSES = 40
 SEED = 0
 #: Refinements from seeds SEED, SEED + 1, ... while N x starts stays within
 #: START_IMAGES, at most MAX_STARTS (one at 1,001 images and above).
@@ -410,12 +415,6 @@ def swap_layout(
         if not swapped:
             break
     return stencil.cell_of_image()
-
-
-#: A sweep in which fewer classes than this are expected to swap (as many as in the sweep
-#: before) evaluates every class's pairs at once, and again only the pairs within reach of
-#: each swap (``_PairsByOffset.sweep``); above, each class at its turn is cheaper.
-FEW_GAINING_CLASSES = 40
 
 
 class _PairsByOffset:
