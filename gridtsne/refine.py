@@ -379,11 +379,14 @@ def swap_layout(
             change += stay_cost * (away[0] + away[1] - away[2] - away[3])
         return change
 
-    def swap(first, second, now) -> None:
+    def swap(first, second, now) -> np.ndarray:
+        """Swap these pairs; returns the cells within reach of them, marked changed ``now``."""
         occupant[first], occupant[second] = occupant[second], occupant[first].copy()
         moved = np.concatenate([first, second])
         stencil.refresh(moved)
-        changed_at[(moved[:, None] + around[None, :]).ravel()] = now
+        region = (moved[:, None] + around[None, :]).ravel()
+        changed_at[region] = now
+        return region
 
     if not classes:  # no two movable photos within reach of each other
         return stencil.cell_of_image()
@@ -488,11 +491,10 @@ class _PairsByOffset:
             tried_at[order[done + 1 : turn + 1]] = clock + 1 + np.arange(done + 1, turn + 1)
             now = clock + 1 + turn
             mine = self.start[index] + np.flatnonzero(gain[self.start[index] : self.start[index + 1]])
-            swap(self.first[mine], self.second[mine], now)
+            region = swap(self.first[mine], self.second[mine], now)
             swapped += len(mine)
             classes_swapped += 1
             # The pairs of the classes still to come that the swaps reach: evaluated again.
-            region = np.flatnonzero(changed_at == now)
             near = [
                 pair_at[np.concatenate([region, region - offset])] for *_, pair_at, offset in self.offsets
             ]
