@@ -32,6 +32,7 @@ from gridtsne.workdir import (
     IMAGES,
     REDUCE_STATE,
     Workdir,
+    file_hash,
     load_state,
     save_npy,
     save_state,
@@ -593,6 +594,16 @@ def update_layout(
     return cell_of_image.astype(np.int32), results
 
 
+def _keys_of(embeddings: np.ndarray, map_state, embeddings_hash: str) -> np.ndarray:
+    """``row_keys(embeddings)``: reduce's, where its state holds the keys of this very file
+    (the same SHA-256), else hashed here."""
+    if map_state is not None and map_state[0].get("embeddings") == embeddings_hash:
+        keys = map_state[1].get("keys")
+        if keys is not None and keys.dtype == np.uint64 and keys.shape == (len(embeddings),):
+            return keys
+    return row_keys(embeddings)
+
+
 def update_text(results: dict) -> str:
     """What an update kept, moved and added, in words, for summaries and ``status``."""
     moved = (
@@ -685,10 +696,10 @@ class AssignStage(Stage):
         embeddings = workdir.load_embeddings()
         coords = workdir.load_coords(len(embeddings))
         self.check_grid(len(coords), options)
-        keys = row_keys(embeddings)
+        map_state = load_state(workdir.file(REDUCE_STATE))
+        keys = _keys_of(embeddings, map_state, file_hash(workdir.require(EMBEDDINGS)))
         # Scaled in place (the stage's own array): at a million photos a copy would be 4.9 GB.
         embeddings = normalise(np.asarray(embeddings, dtype=np.float32), copy=False)
-        map_state = load_state(workdir.file(REDUCE_STATE))
         map_layout = map_state[0].get("layout") if map_state else None
         update, why_fresh = self.plan_update(workdir, options, keys, map_layout, embeddings.shape[1])
         if update is not None:

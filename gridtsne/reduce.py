@@ -34,6 +34,7 @@ from gridtsne.workdir import (
     IMAGES,
     REDUCE_STATE,
     Workdir,
+    file_hash,
     load_state,
     save_json,
     save_npy,
@@ -489,7 +490,10 @@ class ReduceStage(Stage):
                       "removed": len(old_map) - int(kept.sum())}  # fmt: skip
         # The state first: killed before coords.npy, a rerun finds every photo on this map.
         # With each new photo's kin where the placing found it (``place_new_points``).
-        save_state(workdir.file(REDUCE_STATE), meta, keys=keys, map=points, **kin_state)
+        # With the hash of the vectors the keys are of, so that assign, reading the same file,
+        # takes the keys from here instead of hashing every row again (a twentieth of an update).
+        state_meta = {**meta, "embeddings": file_hash(workdir.require(EMBEDDINGS))}
+        save_state(workdir.file(REDUCE_STATE), state_meta, keys=keys, map=points, **kin_state)
         coords = to_unit_square(points)
         save_npy(workdir.file(COORDS), coords)
         return {

@@ -30,7 +30,7 @@ def normalise(embeddings: np.ndarray, *, copy: bool = True) -> np.ndarray:
 
 
 #: Rows scaled at a time by ``normalise``.
-NORMALISE_CHUNK_ROWS = 8192
+NORMALISE_CHUNK_ROWS = 1024
 
 
 #: Rows centred at a time by ``pca``: its memory beyond x is this many rows, not N.

@@ -272,6 +272,39 @@ def test_an_update_takes_the_new_photos_kin_from_reduce_and_gets_the_grid_its_ow
     assert all((grid == grids[0]).all() for grid in grids)
 
 
+def test_assign_takes_the_photos_keys_from_reduce_only_for_the_vectors_reduce_read(
+    vectors, tmp_path, monkeypatch
+):
+    """The keys that match photos across updates are hashed once: assign takes reduce's where
+    reduce's state is of the very embeddings.npy it reads, and hashes the rows itself where the
+    file changed after reduce or the state's keys are damaged, so a later update still knows
+    each photo."""
+    from gridtsne.vectors import row_keys
+    from gridtsne.workdir import ASSIGN_STATE, REDUCE_STATE, load_state, save_state
+
+    hashed = []
+    monkeypatch.setattr(assign, "row_keys", lambda rows: hashed.append(len(rows)) or row_keys(rows))
+    work = Workdir(tmp_path / "w")
+    lay_out(work.path, vectors[:240])
+    assert hashed == []  # reduce's keys, of the same file
+    assert (load_state(work.file(ASSIGN_STATE))[1]["keys"] == row_keys(vectors[:240])).all()
+    # A photo's vector changes after reduce ran: assign hashes the file it reads.
+    changed = np.asarray(vectors[:240], dtype=np.float32).copy()
+    changed[7] *= 1.5
+    save_npy(work.file("embeddings.npy"), changed)
+    assign.run(work, AssignOptions(relayout=True))
+    assert hashed == [240]
+    assert (load_state(work.file(ASSIGN_STATE))[1]["keys"] == row_keys(changed)).all()
+    # Reduce's keys damaged (the wrong length): hashed again.
+    reduce.run(work, ReduceOptions())
+    meta, state = load_state(work.file(REDUCE_STATE))
+    save_state(work.file(REDUCE_STATE), meta, **{**state, "keys": state["keys"][:-1]})
+    hashed.clear()
+    assign.run(work, AssignOptions(relayout=True))
+    assert hashed == [240]
+    assert (load_state(work.file(ASSIGN_STATE))[1]["keys"] == row_keys(changed)).all()
+
+
 UPDATE_CHILD = """
 import sys
 from gridtsne import assign, reduce
