@@ -228,10 +228,10 @@ def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) 
 
 
 def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
-    """For a swap of the cells at 0 and (d_row, d_col): the cells whose four nearest change
-    (relative padded offsets), and where each of their four distances is read in the
-    stencil after the swap and before it: the cell, the entry in the flattened stencil
-    (cell x side^2 + slot) and the other cell, each (2, cells, 4), after first."""
+    """For a swap of the cells at 0 and (d_row, d_col): where each of the four distances of
+    each cell whose four nearest change is read in the stencil after the swap (the cell, the
+    entry in the flattened stencil, cell x side^2 + slot, and the other cell, each (cells,
+    4)), and those cells (relative padded offsets), whose cost before the swap is kept."""
     pair = [(0, 0), (d_row, d_col)]
     affected = sorted({(r + e_r, c + e_c) for r, c in pair for e_r, e_c in _BESIDE} | set(pair))
 
@@ -241,24 +241,17 @@ def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
     def offset(cell):
         return cell[0] * stencil.width + cell[1]
 
-    before_at, before_slot, before_other, after_at, after_slot, after_other = ([] for _ in range(6))
+    after_at, after_slot, after_other = [], [], []
     for cell in affected:
         for e_r, e_c in _BESIDE:
             other = (cell[0] + e_r, cell[1] + e_c)
-            before_at.append(offset(cell))
-            before_slot.append(stencil.slot(e_r, e_c))
-            before_other.append(offset(other))
             x, y = holder(cell), holder(other)
             after_at.append(offset(x))
             after_slot.append(stencil.slot(y[0] - x[0], y[1] - x[1]))
             after_other.append(offset(y))
     shape = (len(affected), len(_BESIDE))
-    # Stacked after the swap first, then before: (2, affected cells, 4) each.
-    at, slot, other = (
-        np.stack([np.reshape(after, shape), np.reshape(before, shape)])
-        for after, before in ((after_at, before_at), (after_slot, before_slot), (after_other, before_other))
-    )
-    return at, at * stencil.side**2 + slot, other
+    at, slot, other = (np.reshape(after, shape) for after in (after_at, after_slot, after_other))
+    return at, at * stencil.side**2 + slot, other, np.array([offset(cell) for cell in affected])
 
 
 def swap_layout(
@@ -299,6 +292,26 @@ def swap_layout(
     if home is not None and stay_cost > 0:
         with_home = np.flatnonzero(np.asarray(home) >= 0)
         home_at[with_home] = stencil.padded(*np.divmod(np.asarray(home)[with_home], cols))
+    # Each cell's part of the objective as the grid stands, kept as swaps change it: a pair's
+    # change needs the nearest part of the cells around it and the staying cost of its two
+    # images before the swap, the same numbers for every pair that reaches them.
+    beside_slots = np.array([stencil.slot(e_row, e_col) for e_row, e_col in _BESIDE])
+    beside_offsets = np.array([e_row * stencil.width + e_col for e_row, e_col in _BESIDE])
+    nearest_now = np.zeros(len(occupant))
+    away_now = np.zeros(len(occupant))
+
+    def settle(cells: np.ndarray) -> None:
+        """``nearest_now`` and ``away_now`` of these cells (inner or padding; a cell twice is
+        the same number twice) as they stand."""
+        if nearest.any():
+            # (The padding's outer edge has no cell beyond, but is empty itself: clipped.)
+            there = np.clip(cells[:, None] + beside_offsets[None, :], 0, len(occupant) - 1)
+            missing = hollow[cells][:, None] | hollow[there]
+            values = distance[cells[:, None], beside_slots[None, :]]
+            nearest_now[cells] = _nearest_cost(values, missing, nearest)
+        if stay_cost > 0:
+            away_now[cells] = stencil.away(home_at[occupant[cells]], cells, leave)
+
     allowed = np.ones(len(occupant), dtype=bool)
     if movable is not None:
         allowed[:] = False
@@ -360,23 +373,18 @@ def swap_layout(
         depend on the pairs evaluated with it."""
         change = distance[first] @ first_weights + distance[second] @ second_weights
         if nearest.any():
-            # After the swap and before it, in one go: each affected cell's four beside.
-            at_offset, at_entry, other_offset = gathers
-            base = first[:, None, None, None]
+            # Each affected cell's four beside after the swap, less its cost now.
+            at_offset, at_entry, other_offset, affected = gathers
+            base = first[:, None, None]
             missing = hollow[base + at_offset] | hollow[base + other_offset]
             values = flat_distance[base * stencil.side**2 + at_entry]
-            costs = _nearest_cost(values, missing, nearest)
-            change += costs[:, 0].sum(axis=1)
-            change -= costs[:, 1].sum(axis=1)
+            change += _nearest_cost(values, missing, nearest).sum(axis=1)
+            change -= nearest_now[first[:, None] + affected[None, :]].sum(axis=1)
         if stay_cost > 0:
-            home_first, home_second = home_at[occupant[first]], home_at[occupant[second]]
             # Each image away from home where the swap puts it, less where it is now.
-            away = stencil.away(
-                np.stack([home_first, home_second, home_first, home_second]),
-                np.stack([second, first, first, second]),
-                leave,
-            )
-            change += stay_cost * (away[0] + away[1] - away[2] - away[3])
+            home_first, home_second = home_at[occupant[first]], home_at[occupant[second]]
+            put = stencil.away(home_first, second, leave) + stencil.away(home_second, first, leave)
+            change += stay_cost * (put - away_now[first] - away_now[second])
         return change
 
     def swap(first, second, now) -> np.ndarray:
@@ -384,12 +392,14 @@ def swap_layout(
         occupant[first], occupant[second] = occupant[second], occupant[first].copy()
         moved = np.concatenate([first, second])
         stencil.refresh(moved)
+        settle(np.concatenate([moved, (moved[:, None] + beside_offsets[None, :]).ravel()]))
         region = (moved[:, None] + around[None, :]).ravel()
         changed_at[region] = now
         return region
 
     if not classes:  # no two movable photos within reach of each other
         return stencil.cell_of_image()
+    settle(np.arange(len(occupant)))
     # Made for the first quiet sweep: made before the first sweeps, its arrays stayed under
     # their temporaries, and a fresh 10,000's peak rose by 14 MiB.
     pairs = None
