@@ -83,8 +83,21 @@ def cell_centres(rows: int, cols: int) -> np.ndarray:
 
 def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """The assignment cost: squared distance in cells from every point to every centre."""
-    # Axis by axis: the same numbers as summing over a third axis, without its slow reduction.
-    return (points[:, None, 0] - centres[None, :, 0]) ** 2 + (points[:, None, 1] - centres[None, :, 1]) ** 2
+    # Axis by axis: the same numbers as summing over a third axis, without its slow reduction;
+    # the second axis's squares are added to the first's a band of rows at a time, so no second
+    # N x cells array stands beside the result (which doubled the exact solver's peak: 57 MB
+    # for 28 at 1,873 photos).
+    cost = np.subtract.outer(points[:, 0], centres[:, 0])
+    np.square(cost, out=cost)
+    for start in range(0, len(points), COST_BAND_ROWS):
+        band = np.subtract.outer(points[start : start + COST_BAND_ROWS, 1], centres[:, 1])
+        np.square(band, out=band)
+        cost[start : start + COST_BAND_ROWS] += band
+    return cost
+
+
+#: Rows of the cost matrix whose second-axis squares ``squared_distances`` makes at once.
+COST_BAND_ROWS = 64
 
 
 def _exact_lap(

@@ -90,6 +90,26 @@ def test_the_exact_solver_started_from_prices_finds_the_same_assignment():
     assert len(set(priced.tolist())) == 400
 
 
+def test_the_exact_solvers_cost_matrix_is_the_squared_distance_built_in_one_array():
+    """The cost of every point at every cell, as the definition gives it, made without a second
+    points x cells array beside it: an update of 1,873 photos on 1,980 cells peaked at twice
+    the matrix (57 MB) above a fresh layout of the same photos."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    points = rng.random((900, 2)) * 30
+    centres = assign.cell_centres(30, 31)
+    expected = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    tracemalloc.start()
+    try:
+        cost = assign.squared_distances(points, centres)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.allclose(cost, expected, rtol=1e-12, atol=0)
+    assert peak < 1.2 * cost.nbytes, (peak, cost.nbytes)
+
+
 def test_the_blocks_solver_is_complete_and_close_to_exact():
     coords = blobs(900, seed=3)
     exact_cells, exact_cost, _ = assign.assign_to_grid(coords, 30, 30, solver="exact")
