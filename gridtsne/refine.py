@@ -134,6 +134,7 @@ class _NeighbourDistances:
         steps = np.arange(-reach, reach + 1)
         self.offsets = (steps[:, None] * self.width + steps[None, :]).ravel()
         self.inner = self.padded(*np.divmod(np.arange(rows * cols), cols))
+        self.row_of, self.col_of = np.divmod(np.arange(len(self.occupant)), self.width)
         self.distance = np.zeros((len(self.occupant), self.side**2))
         self._fill(rows, cols)
 
@@ -171,8 +172,10 @@ class _NeighbourDistances:
     def away(self, home: np.ndarray, cell: np.ndarray, leave: float = 0.0) -> np.ndarray:
         """Cells (euclidean) from each padded ``home`` to each padded ``cell``, plus ``leave``
         when they differ; 0 without a home."""
-        d_row = home // self.width - cell // self.width
-        d_col = home % self.width - cell % self.width
+        # (The row and column of each padded cell, looked up: a home of -1 reads the last
+        # cell's, and gets 0 below.)
+        d_row = self.row_of[home] - self.row_of[cell]
+        d_col = self.col_of[home] - self.col_of[cell]
         distance = np.sqrt(d_row * d_row + d_col * d_col)
         return np.where(home >= 0, distance + leave * (distance > 0), 0.0)
 
@@ -221,8 +224,8 @@ def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) 
     a, c = np.minimum(a, c), np.maximum(a, c)
     b, d = np.minimum(b, d), np.maximum(b, d)
     b, c = np.minimum(b, c), np.maximum(b, c)
-    total = np.zeros(a.shape)
-    for value, weight in zip((a, b, c, d), weights, strict=True):
+    total = np.where(np.isfinite(a), a, 0.0) * weights[0]  # as 0 + it, without the zeros
+    for value, weight in zip((b, c, d), weights[1:], strict=True):
         total += np.where(np.isfinite(value), value, 0.0) * weight
     return total
 
