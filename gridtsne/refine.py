@@ -224,10 +224,10 @@ def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) 
     a, c = np.minimum(a, c), np.maximum(a, c)
     b, d = np.minimum(b, d), np.maximum(b, d)
     b, c = np.minimum(b, c), np.maximum(b, c)
-    total = np.where(np.isfinite(a), a, 0.0) * weights[0]  # as 0 + it, without the zeros
-    for value, weight in zip((b, c, d), weights[1:], strict=True):
-        total += np.where(np.isfinite(value), value, 0.0) * weight
-    return total
+    # The four in order, the missing as 0, each times its weight and summed in order: a sum
+    # over four runs from the first to the last, as the running total did, in fewer calls.
+    ordered = np.stack([a, b, c, d], axis=-1)
+    return (np.where(np.isfinite(ordered), ordered, 0.0) * weights).sum(axis=-1)
 
 
 def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
