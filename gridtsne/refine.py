@@ -232,9 +232,9 @@ def _nearest_cost(values: np.ndarray, missing: np.ndarray, weights: np.ndarray) 
 
 def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
     """For a swap of the cells at 0 and (d_row, d_col): where each of the four distances of
-    each cell whose four nearest change is read in the stencil after the swap (the cell, the
-    entry in the flattened stencil, cell x side^2 + slot, and the other cell, each (cells,
-    4)), and those cells (relative padded offsets), whose cost before the swap is kept."""
+    each cell whose four nearest change is read in the flattened stencil after the swap
+    (cell x side^2 + slot, relative, (cells, 4)), and those cells (relative padded offsets),
+    whose cost before the swap is kept."""
     pair = [(0, 0), (d_row, d_col)]
     affected = sorted({(r + e_r, c + e_c) for r, c in pair for e_r, e_c in _BESIDE} | set(pair))
 
@@ -244,17 +244,16 @@ def _nearest_gathers(d_row: int, d_col: int, stencil) -> tuple:
     def offset(cell):
         return cell[0] * stencil.width + cell[1]
 
-    after_at, after_slot, after_other = [], [], []
+    after_at, after_slot = [], []
     for cell in affected:
         for e_r, e_c in _BESIDE:
             other = (cell[0] + e_r, cell[1] + e_c)
             x, y = holder(cell), holder(other)
             after_at.append(offset(x))
             after_slot.append(stencil.slot(y[0] - x[0], y[1] - x[1]))
-            after_other.append(offset(y))
     shape = (len(affected), len(_BESIDE))
-    at, slot, other = (np.reshape(after, shape) for after in (after_at, after_slot, after_other))
-    return at, at * stencil.side**2 + slot, other, np.array([offset(cell) for cell in affected])
+    at, slot = (np.reshape(after, shape) for after in (after_at, after_slot))
+    return at * stencil.side**2 + slot, np.array([offset(cell) for cell in affected])
 
 
 def swap_layout(
@@ -290,6 +289,14 @@ def swap_layout(
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
     hollow = occupant == empty  # the empty cells: swaps never move them
     flat_distance = distance.ravel()  # a view: entry (cell, slot) at cell * side^2 + slot
+    # Whether the stencil's entry (cell, slot) stands for no pair of images (either cell is
+    # empty): the nearest part leaves those out. Empty cells never move, so it never changes,
+    # and it is read at the same entries as the distances. (The padding's outer edge has no
+    # cells beyond it, but is empty itself: clipped.)
+    missing = np.empty(distance.shape, dtype=bool)
+    for slot, offset in enumerate(stencil.offsets):  # a column at a time: no cells x slots of indices
+        missing[:, slot] = hollow | hollow[np.clip(np.arange(len(occupant)) + offset, 0, len(occupant) - 1)]
+    flat_missing = missing.ravel()
     # The padded home cell of each image (and of the empty stand-in): -1 where none is kept.
     home_at = np.full(empty + 1, -1, dtype=np.int64)
     if home is not None and stay_cost > 0:
@@ -377,11 +384,9 @@ def swap_layout(
         change = distance[first] @ first_weights + distance[second] @ second_weights
         if nearest.any():
             # Each affected cell's four beside after the swap, less its cost now.
-            at_offset, at_entry, other_offset, affected = gathers
-            base = first[:, None, None]
-            missing = hollow[base + at_offset] | hollow[base + other_offset]
-            values = flat_distance[base * stencil.side**2 + at_entry]
-            change += _nearest_cost(values, missing, nearest).sum(axis=1)
+            at_entry, affected = gathers
+            entry = first[:, None, None] * stencil.side**2 + at_entry
+            change += _nearest_cost(flat_distance[entry], flat_missing[entry], nearest).sum(axis=1)
             change -= nearest_now[first[:, None] + affected[None, :]].sum(axis=1)
         if stay_cost > 0:
             # Each image away from home where the swap puts it, less where it is now.
