@@ -232,6 +232,27 @@ def test_sweeps_that_evaluate_every_pair_at_once_swap_exactly_as_class_by_class(
     assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
 
 
+@pytest.mark.parametrize("update", [False, True])
+def test_the_four_nearest_sorted_by_network_or_by_sort_give_the_same_grid(monkeypatch, update):
+    """The nearest part orders each cell's four beside by a sorting network on many pairs and
+    by numpy's sort on a few; either way the same numbers, so the same swaps."""
+    rng = np.random.default_rng(23)
+    rows, cols = 24, 26
+    vectors = rng.normal(size=(600, 12)).astype(np.float32)
+    cells = rng.permutation(rows * cols)[:600]  # with empty cells: missing neighbours
+    extra = {}
+    if update:
+        movable = np.zeros(rows * cols, dtype=bool)
+        movable[rng.choice(rows * cols, 400, replace=False)] = True
+        extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
+    grids = []
+    for network_from in (0, refine.NETWORK_FROM, 10**12):
+        monkeypatch.setattr(refine, "NETWORK_FROM", network_from)
+        grids.append(refine.swap_layout(vectors, cells, rows, cols, **extra))
+    assert (grids[0] != cells).any()
+    assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
+
+
 def test_an_update_with_no_two_movable_photos_within_reach_moves_nothing():
     vectors = np.random.default_rng(22).normal(size=(20, 4)).astype(np.float32)
     cells = np.arange(20)
