@@ -211,32 +211,20 @@ def test_the_stencil_filled_band_by_band_is_the_one_refreshed_cell_by_cell(monke
 
 
 @pytest.mark.parametrize("update", [False, True])
-def test_sweeps_that_evaluate_every_pair_at_once_swap_exactly_as_class_by_class(monkeypatch, update):
-    """Sweeps with few swaps evaluate all pairs at once and again only near each swap: the
-    grid is the one that trying each class at its turn gives, bit for bit, whichever sweeps
-    do so (none, the later ones, all)."""
+@pytest.mark.parametrize(
+    "setting, values",
+    [
+        ("FEW_GAINING_CLASSES", (-1, refine.FEW_GAINING_CLASSES, 10**6)),
+        ("NETWORK_FROM", (0, refine.NETWORK_FROM, 10**12)),
+    ],
+)
+def test_how_swaps_are_evaluated_never_changes_the_grid(monkeypatch, update, setting, values):
+    """Settings that only choose how pairs are evaluated give the same grid, bit for bit, at
+    any value: sweeps with few swaps evaluate all pairs at once and again only near each swap
+    (FEW_GAINING_CLASSES: in no sweep, the later ones, all), and each cell's four nearest are
+    sorted by a network on many pairs and by numpy's sort on a few (NETWORK_FROM: always, as
+    set, never)."""
     rng = np.random.default_rng(21)
-    rows, cols = 24, 26
-    vectors = rng.normal(size=(600, 12)).astype(np.float32)
-    cells = rng.permutation(rows * cols)[:600]
-    extra = {}
-    if update:
-        movable = np.zeros(rows * cols, dtype=bool)
-        movable[rng.choice(rows * cols, 400, replace=False)] = True
-        extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
-    grids = []
-    for few in (-1, refine.FEW_GAINING_CLASSES, 10**6):
-        monkeypatch.setattr(refine, "FEW_GAINING_CLASSES", few)
-        grids.append(refine.swap_layout(vectors, cells, rows, cols, **extra))
-    assert (grids[0] != cells).any()
-    assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
-
-
-@pytest.mark.parametrize("update", [False, True])
-def test_the_four_nearest_sorted_by_network_or_by_sort_give_the_same_grid(monkeypatch, update):
-    """The nearest part orders each cell's four beside by a sorting network on many pairs and
-    by numpy's sort on a few; either way the same numbers, so the same swaps."""
-    rng = np.random.default_rng(23)
     rows, cols = 24, 26
     vectors = rng.normal(size=(600, 12)).astype(np.float32)
     cells = rng.permutation(rows * cols)[:600]  # with empty cells: missing neighbours
@@ -246,8 +234,8 @@ def test_the_four_nearest_sorted_by_network_or_by_sort_give_the_same_grid(monkey
         movable[rng.choice(rows * cols, 400, replace=False)] = True
         extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
     grids = []
-    for network_from in (0, refine.NETWORK_FROM, 10**12):
-        monkeypatch.setattr(refine, "NETWORK_FROM", network_from)
+    for value in values:
+        monkeypatch.setattr(refine, setting, value)
         grids.append(refine.swap_layout(vectors, cells, rows, cols, **extra))
     assert (grids[0] != cells).any()
     assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
