@@ -302,10 +302,12 @@ def swap_layout(
     # empty): the nearest part leaves those out. Empty cells never move, so it never changes,
     # and it is read at the same entries as the distances. (The padding's outer edge has no
     # cells beyond it, but is empty itself: clipped.)
+    every_cell = np.arange(len(occupant))
     missing = np.empty(distance.shape, dtype=bool)
     for slot, offset in enumerate(stencil.offsets):  # a column at a time: no cells x slots of indices
-        missing[:, slot] = hollow | hollow[np.clip(np.arange(len(occupant)) + offset, 0, len(occupant) - 1)]
+        missing[:, slot] = hollow | hollow[np.clip(every_cell + offset, 0, len(occupant) - 1)]
     flat_missing = missing.ravel()
+    with_nearest = bool(nearest.any())
     # The padded home cell of each image (and of the empty stand-in): -1 where none is kept.
     home_at = np.full(empty + 1, -1, dtype=np.int64)
     if home is not None and stay_cost > 0:
@@ -322,12 +324,9 @@ def swap_layout(
     def settle(cells: np.ndarray) -> None:
         """``nearest_now`` and ``away_now`` of these cells (inner or padding; a cell twice is
         the same number twice) as they stand."""
-        if nearest.any():
-            # (The padding's outer edge has no cell beyond, but is empty itself: clipped.)
-            there = np.clip(cells[:, None] + beside_offsets[None, :], 0, len(occupant) - 1)
-            missing = hollow[cells][:, None] | hollow[there]
-            values = distance[cells[:, None], beside_slots[None, :]]
-            nearest_now[cells] = _nearest_cost(values, missing, nearest)
+        if with_nearest:
+            entry = (cells[:, None], beside_slots[None, :])
+            nearest_now[cells] = _nearest_cost(distance[entry], missing[entry], nearest)
         if stay_cost > 0:
             away_now[cells] = stencil.away(home_at[occupant[cells]], cells, leave)
 
@@ -391,7 +390,7 @@ def swap_layout(
         """The objective's change if each pair swapped, pair by pair: a pair's number does not
         depend on the pairs evaluated with it."""
         change = distance[first] @ first_weights + distance[second] @ second_weights
-        if nearest.any():
+        if with_nearest:
             # Each affected cell's four beside after the swap, less its cost now.
             at_entry, affected = gathers
             entry = first[:, None, None] * stencil.side**2 + at_entry
@@ -416,7 +415,7 @@ def swap_layout(
 
     if not classes:  # no two movable photos within reach of each other
         return stencil.cell_of_image()
-    settle(np.arange(len(occupant)))
+    settle(every_cell)
     # Made for the first quiet sweep: made before the first sweeps, its arrays stayed under
     # their temporaries, and a fresh 10,000's peak rose by 14 MiB.
     pairs = None
