@@ -370,23 +370,20 @@ def layout(
     on_progress(0.3)
     vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
     placed = np.flatnonzero(cell_of_image >= 0)
-    measured = vectors if len(placed) == len(vectors) else vectors[placed]  # no copy of N x D if all
     basis = None
-    # The quality numbers' embedding side is worked out on the second core while refinement's
-    # swaps take one: it does not depend on the cells.
-    with quality.Ahead(measured) as ahead:
-        if refine_grid:
-            # The room stays where it was spread: refinement swaps photos, never a photo and a hole.
-            movable = None
-            if room:
-                movable = np.zeros(rows * cols, dtype=bool)
-                movable[cell_of_image[placed]] = True
-            cell_of_image, basis = refine.refine_layout(
-                vectors, cell_of_image, rows, cols, movable=movable, return_basis=True,
-                on_progress=lambda done: on_progress(0.3 + 0.6 * done), on_projected=ahead.start,
-            )  # fmt: skip
-        on_progress(0.9)
-        after = quality.layout_quality(measured, cell_of_image[placed], cols, ahead=ahead)
+    if refine_grid:
+        # The room stays where it was spread: refinement swaps photos, never a photo and a hole.
+        movable = None
+        if room:
+            movable = np.zeros(rows * cols, dtype=bool)
+            movable[cell_of_image[placed]] = True
+        cell_of_image, basis = refine.refine_layout(
+            vectors, cell_of_image, rows, cols, movable=movable, return_basis=True,
+            on_progress=lambda done: on_progress(0.3 + 0.6 * done),
+        )  # fmt: skip
+    on_progress(0.9)
+    everyone = len(placed) == len(vectors)  # then no copy of N x D to measure them
+    after = quality.layout_quality(vectors if everyone else vectors[placed], cell_of_image[placed], cols)
     results = {
         "images": len(coords),
         "placed": len(placed),
@@ -554,43 +551,37 @@ def update_layout(
     place = np.empty((n_images, 2))
     place[kept] = centre_rc[home[kept]]
     vectors = embeddings if unit_rows else normalise(np.asarray(embeddings, dtype=np.float32))
-    # The quality numbers' embedding side is worked out on the second core while the solver and
-    # refinement take one (from after the kin's search, which takes both): it does not depend on
-    # the cells.
-    with quality.Ahead(vectors) as ahead:
-        if len(new):
-            place[new] = centre_rc[home[_kin(vectors, home, kin)]]
-        ahead.start()
-        points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
-        weights = np.where(home >= 0, stay_weight, 1.0)
-        if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
-            solver = resolve_solver("exact", n_cells)
-            cell_of_image = solver.solve(points, rows, cols, weights)
-        else:  # from the earlier grid, better window by window: far from the changes nothing moves
-            solver = BlocksSolver(window=UPDATE_WINDOW, max_passes=UPDATE_PASSES)
-            cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols, weights)
-        placed_by_solver = cell_of_image.copy()
-        movable = np.zeros(n_cells, dtype=bool)
-        if refine_grid:
-            # What changed: the cells of the new photos, and where moved photos went and came from.
-            moved = kept[cell_of_image[kept] != home[kept]]
-            gone = np.zeros(0, dtype=np.int64) if vacated is None else np.asarray(vacated, dtype=np.int64)
-            changed = np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved], gone])
-            if len(changed):
-                movable[_around(centre_rc[changed], rows, cols, REFINE_AROUND)] = True
-                # A staying photo still in its cell stays: refinement sorts the new and moved ones
-                # among themselves and the empty cells around them.
-                # A staying photo may move too, but pays STAY_COST a cell for being away from its
-                # cell: it leaves only for a clear gain, and one the solver moved goes back if it can.
-                # A new photo's own cell, for that cost, is its kin's: it stays near it, not pushed away.
-                anchor = home.copy()
-                if len(new):
-                    anchor[new] = (place[new, 0] * cols + place[new, 1]).astype(np.int64)
-                cell_of_image = refine.refine_layout(
-                    vectors, cell_of_image, rows, cols, movable=movable, home=anchor, stay_cost=STAY_COST,
-                    leave=LEAVE_CELLS, basis=basis,
-                )  # fmt: skip
-        measured = quality.layout_quality(vectors, cell_of_image, cols, ahead=ahead)
+    if len(new):
+        place[new] = centre_rc[home[_kin(vectors, home, kin)]]
+    points = place[:, ::-1].copy()  # the solvers take (x = col, y = row)
+    weights = np.where(home >= 0, stay_weight, 1.0)
+    if n_cells <= EXACT_MAX_CELLS:  # the optimum, while it takes a second
+        solver = resolve_solver("exact", n_cells)
+        cell_of_image = solver.solve(points, rows, cols, weights)
+    else:  # from the earlier grid, better window by window: far from the changes nothing moves
+        solver = BlocksSolver(window=UPDATE_WINDOW, max_passes=UPDATE_PASSES)
+        cell_of_image = solver.improve(points, _first_cells(place, home, rows, cols), rows, cols, weights)
+    placed_by_solver = cell_of_image.copy()
+    movable = np.zeros(n_cells, dtype=bool)
+    if refine_grid:
+        # What changed: the cells of the new photos, and where moved photos went and came from.
+        moved = kept[cell_of_image[kept] != home[kept]]
+        gone = np.zeros(0, dtype=np.int64) if vacated is None else np.asarray(vacated, dtype=np.int64)
+        changed = np.concatenate([cell_of_image[new], cell_of_image[moved], home[moved], gone])
+        if len(changed):
+            movable[_around(centre_rc[changed], rows, cols, REFINE_AROUND)] = True
+            # A staying photo still in its cell stays: refinement sorts the new and moved ones
+            # among themselves and the empty cells around them.
+            # A staying photo may move too, but pays STAY_COST a cell for being away from its
+            # cell: it leaves only for a clear gain, and one the solver moved goes back if it can.
+            # A new photo's own cell, for that cost, is its kin's: it stays near it, not pushed away.
+            anchor = home.copy()
+            if len(new):
+                anchor[new] = (place[new, 0] * cols + place[new, 1]).astype(np.int64)
+            cell_of_image = refine.refine_layout(
+                vectors, cell_of_image, rows, cols, movable=movable, home=anchor, stay_cost=STAY_COST,
+                leave=LEAVE_CELLS, basis=basis,
+            )  # fmt: skip
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     moved = cell_of_image[kept] != home[kept]
     distance = np.sqrt(((centre_rc[cell_of_image[kept]] - centre_rc[home[kept]]) ** 2).sum(axis=1))[moved]
@@ -611,7 +602,7 @@ def update_layout(
         "refinement": refine.settings() if refine_grid else None,
         "refined_cells": int(movable.sum()),
         "swapped_by_refinement": int((cell_of_image != placed_by_solver).sum()),
-        "quality": measured,
+        "quality": quality.layout_quality(vectors, cell_of_image, cols),
     }
     return cell_of_image.astype(np.int32), results
 

@@ -70,13 +70,8 @@ def grid_positions(cell_of_image: np.ndarray, cols: int) -> np.ndarray:
 def _distances(queries: np.ndarray, points: np.ndarray, point_sq: np.ndarray) -> np.ndarray:
     """Euclidean distances from each query to each point, as float64 (the dot products in the
     points' own precision)."""
-    return _distances_from(queries @ points.T, queries, point_sq)
-
-
-def _distances_from(products: np.ndarray, queries: np.ndarray, point_sq: np.ndarray) -> np.ndarray:
-    """``_distances`` from the queries' dot products with the points, the same numbers."""
     query_sq = np.einsum("nd,nd->n", queries, queries, dtype=np.float64)[:, None]
-    squared = query_sq - 2.0 * products.astype(np.float64) + point_sq[None, :]
+    squared = query_sq - 2.0 * (queries @ points.T).astype(np.float64) + point_sq[None, :]
     return np.sqrt(np.maximum(squared, 0.0))
 
 
@@ -104,126 +99,6 @@ def _gain(mean_distance_by_k: np.ndarray, random_distance: float) -> np.ndarray:
     return np.clip((random_distance - mean_distance_by_k) / random_distance, 0.0, None)
 
 
-def _sample(n_points: int, sample_size: int, seed: int) -> np.ndarray:
-    """The query images: a seeded sample of ``sample_size`` when N is larger, else every image."""
-    if n_points > sample_size:
-        return np.sort(np.random.default_rng(seed).choice(n_points, sample_size, replace=False))
-    return np.arange(n_points)
-
-
-def _blocks(queries: np.ndarray, n_points: int) -> tuple[list, int]:
-    """Blocks of queries, each scored as a whole, and the queries of one block scored at once.
-
-    Blocks go to ``QUALITY_THREADS`` threads (numpy's sorts and products let go of the GIL),
-    each block's memory within _CHUNK_BYTES / threads."""
-    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
-    rows_at_once = max(1, min(size, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
-    return [queries[start : start + size] for start in range(0, len(queries), size)], rows_at_once
-
-
-def _as_points(embeddings: np.ndarray) -> np.ndarray:
-    # float32 vectors stay float32 (a float64 copy is 10 GB at a million 1,280-d vectors); the
-    # dot products are then float32 and the rest float64 (``_distances``).
-    points = np.asarray(embeddings)
-    if points.dtype not in (np.float32, np.float64):
-        points = points.astype(np.float64)
-    return points
-
-
-def _embedding_side(embedding_distance: np.ndarray) -> tuple:
-    """What a few queries' scores take from the embedding alone: each query's images in the
-    order of their distance (the query first), the sum of those distances at each rank (D_k
-    of the embedding is their running sum over k), and the random pair's distance summed."""
-    by_embedding = np.argsort(embedding_distance, axis=1)
-    # Self (distance 0) comes first and is dropped.
-    nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
-    sum_embedding = nearest.sum(axis=0)
-    sum_random = nearest.sum() / (len(by_embedding[0]) - 1)
-    return by_embedding, sum_embedding, sum_random
-
-
-class Ahead:
-    """The embedding's side of ``layout_quality`` worked out on a thread of its own while the
-    caller is still placing the images: each sampled query's distances to every image, their
-    order and sums do not depend on where the images go, and refinement, which comes before
-    the quality numbers, keeps only one of two cores busy. ``layout_quality`` then adds the
-    grid's side, and does what the thread has not begun.
-
-    A context manager: leaving it drops what was not used. It holds at most ``AHEAD_BYTES`` of
-    dot products and orders (queries beyond are scored as without it), and does nothing below
-    ``AHEAD_FROM_POINTS``. ``layout_quality`` takes it for these very ``embeddings`` and the
-    same sample; the numbers are the same with it or without."""
-
-    def __init__(self, embeddings: np.ndarray, *, sample_size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED):
-        self.embeddings, self.sample_size, self.seed = embeddings, sample_size, seed
-        self._futures: dict = {}
-        self._pool = None
-
-    def __enter__(self) -> Ahead:
-        return self
-
-    def start(self) -> None:
-        """Begin, on a thread of its own: call it once the caller's own work has settled to
-        one core."""
-        points = _as_points(self.embeddings)
-        n_points = len(points)
-        if self._pool is not None or n_points < AHEAD_FROM_POINTS:
-            return
-        blocks, rows_at_once = _blocks(_sample(n_points, self.sample_size, self.seed), n_points)
-        # Per query and image: the dot product (distances are made from it again, which is
-        # cheap, rather than held at twice its size) and its place in the query's order.
-        order_type = np.uint16 if n_points <= 1 << 16 else np.int32
-        per_query = n_points * (points.dtype.itemsize + np.dtype(order_type).itemsize)
-        room = AHEAD_BYTES // per_query
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quality-ahead")
-        point_sq = self._pool.submit(np.einsum, "nd,nd->n", points, points, dtype=np.float64)
-        for index in blocks:
-            if len(index) > room:
-                break
-            room -= len(index)
-            self._futures[index[0]] = self._pool.submit(
-                _ahead_block, points, point_sq, index, rows_at_once, order_type
-            )
-
-    def finish(self) -> None:
-        """Stop at the block under way: those not begun are left to ``layout_quality``'s own
-        threads, which do them sooner, and no product is running when it sets BLAS's threads."""
-        if self._pool is not None:
-            self._futures = {first: future for first, future in self._futures.items() if not future.cancel()}
-            self._pool.shutdown(wait=True)
-
-    def take(self, index: np.ndarray):
-        """The embedding side of this block of queries (as ``_ahead_block`` returns it), or None
-        where it was not worked out ahead."""
-        future = self._futures.pop(index[0], None) if len(index) else None
-        return None if future is None else future.result()
-
-    def __exit__(self, *exc_info) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._futures.clear()
-
-
-#: Photos from which ``Ahead`` works: below, the quality numbers are a small part of a layout
-#: and a second thread on the PCA's two cores slowed it (docs/benchmarks.md).
-AHEAD_FROM_POINTS = 5000
-#: Bytes of dot products and orders that ``Ahead`` holds at most: all 1,000 sampled queries up
-#: to about 11,000 photos (float32 vectors), fewer above (memory stays flat in N).
-AHEAD_BYTES = 64 << 20
-
-
-def _ahead_block(points: np.ndarray, point_sq, index: np.ndarray, rows_at_once: int, order_type):
-    """A block's dot products and, ``rows_at_once`` queries at a time as ``layout_quality``
-    scores them, each part's embedding side (its order in ``order_type``)."""
-    products = points[index] @ points.T
-    distances = _distances_from(products, points[index], point_sq.result())
-    parts = []
-    for start in range(0, len(index), rows_at_once):
-        order, sum_embedding, sum_random = _embedding_side(distances[start : start + rows_at_once])
-        parts.append((order.astype(order_type), sum_embedding, sum_random))
-    return products, parts
-
-
 def layout_quality(
     embeddings: np.ndarray,
     cell_of_image: np.ndarray,
@@ -234,7 +109,6 @@ def layout_quality(
     sample_size: int = SAMPLE_SIZE,
     seed: int = SAMPLE_SEED,
     ties: str = "expected",
-    ahead: Ahead | None = None,
 ) -> dict:
     """DPQ_p and neighbourhood preservation at k of a layout, with how they were sampled.
 
@@ -243,17 +117,15 @@ def layout_quality(
     ``cols`` columns. ``ties``: how grid neighbours at the same distance are
     ordered for ``dpq`` and neighbourhood preservation, "expected" (the average
     over their orders) or "favourable" (nearest in the embedding first, as the
-    authors' code does); ``dpq_authors`` is always the latter. ``ahead``: the
-    embedding's side already under way (``Ahead``) for these embeddings; the
-    numbers are the same with it or without.
+    authors' code does); ``dpq_authors`` is always the latter.
     """
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
-    if ahead is not None and (
-        ahead.embeddings is not embeddings or (ahead.sample_size, ahead.seed) != (sample_size, seed)
-    ):
-        raise ValueError("ahead was started for other embeddings or another sample")
-    points = _as_points(embeddings)
+    # float32 vectors stay float32 (a float64 copy is 10 GB at a million 1,280-d vectors); the
+    # dot products are then float32 and the rest float64 (``_distances``).
+    points = np.asarray(embeddings)
+    if points.dtype not in (np.float32, np.float64):
+        points = points.astype(np.float64)
     n_points = len(points)
     if n_points < 3:
         return {
@@ -266,7 +138,10 @@ def layout_quality(
             "sampled": False,
         }
     cells = grid_positions(cell_of_image, cols)
-    queries = _sample(n_points, sample_size, seed)
+    if n_points > sample_size:
+        queries = np.sort(np.random.default_rng(seed).choice(n_points, sample_size, replace=False))
+    else:
+        queries = np.arange(n_points)
     k = min(k, n_points - 1)
     point_sq = np.einsum("nd,nd->n", points, points, dtype=np.float64)
     grid_cells = cells.astype(np.int64)
@@ -280,33 +155,27 @@ def layout_quality(
         the random-pair distance's sum and the shared neighbours'. The distances come from one
         product for the whole block (a product of a few rows would stream all N vectors for
         each few); the rest is done ``rows_at_once`` queries at a time, a query per row."""
-        done = None if ahead is None else ahead.take(index)
-        if done is None:
-            distances = _distances(points[index], points, point_sq)
-            sides = (
-                _embedding_side(distances[start : start + rows_at_once])
-                for start in range(0, len(index), rows_at_once)
-            )
-        else:
-            products, sides = done
-            distances = _distances_from(products, points[index], point_sq)
+        distances = _distances(points[index], points, point_sq)
         parts = (
-            score(index[start : start + rows_at_once], distances[start : start + rows_at_once], *side)
-            for start, side in zip(range(0, len(index), rows_at_once), sides, strict=True)
+            score(index[start : start + rows_at_once], distances[start : start + rows_at_once])
+            for start in range(0, len(index), rows_at_once)
         )
         return _summed(parts)
 
-    def score(
-        index: np.ndarray, embedding_distance: np.ndarray, by_embedding: np.ndarray, sum_embedding, sum_random
-    ) -> tuple:
-        """``block``'s sums for these queries, whose distances to every point, their order and
-        the embedding's sums (``_embedding_side``) are given."""
+    def score(index: np.ndarray, embedding_distance: np.ndarray) -> tuple:
+        """``block``'s sums for these queries, whose distances to every point are given."""
         queries_here = np.arange(len(index))[:, None]
         # Squared grid distances, exact in integers, and their rings (0 only for the query).
         grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
         grid_distance += (grid_cells[index, None, 1] - grid_cells[None, :, 1]) ** 2
         ring = ring_rank[grid_distance]
         del grid_distance
+        by_embedding = np.argsort(embedding_distance, axis=1)
+        # Self (distance 0) comes first and is dropped.
+        nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
+        sum_embedding = nearest.sum(axis=0)
+        sum_random = nearest.sum() / (n_points - 1)
+        del nearest
         # The authors' order: by ring, nearest in the embedding first within one (a stable
         # sort of the rings in embedding order; a radix sort when they fit 16 bits).
         within = np.argsort(np.take_along_axis(ring, by_embedding, axis=1), axis=1, kind="stable")
@@ -362,9 +231,9 @@ def layout_quality(
     # photos, the same numbers). The sums are added in block order as the blocks come back,
     # so the numbers do not depend on which thread finished first, and only a few blocks'
     # sums (3 x N each) are held at once, whatever N.
-    blocks, rows_at_once = _blocks(queries, n_points)
-    if ahead is not None:
-        ahead.finish()
+    size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
+    rows_at_once = max(1, min(size, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
+    blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
     with ThreadPoolExecutor(QUALITY_THREADS) as pool, threadpool_limits(1, user_api="blas"):
         totals = _summed(pool.map(block, blocks))
     sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours = totals

@@ -602,7 +602,6 @@ def refine_layout(
     basis=None,
     return_basis: bool = False,
     on_progress=lambda fraction: None,
-    on_projected=lambda: None,
 ):
     """A new cell for every image (-1 stays -1): swapped against ``vectors`` from ``starts``
     seeds (default ``starts_for(N)``), the lowest ``neighbour_cost`` kept. With ``movable``
@@ -610,8 +609,7 @@ def refine_layout(
     changed and leaves the rest of the map as the user knows it. ``basis``: the components to
     swap on (``vectors.pca(with_basis=True)``'s), kept from the fresh layout by an update
     instead of a PCA of its own; ``return_basis``: (cells, the basis used or made).
-    ``on_progress(fraction)`` is told as each start ends; ``on_projected()`` once the swaps'
-    components are made (the PCA's products take both cores; the swaps take one)."""
+    ``on_progress(fraction)`` is told as each start ends."""
     cell_of_image = np.asarray(cell_of_image, dtype=np.int64)
     n_placed = np.count_nonzero(cell_of_image >= 0)
 
@@ -632,7 +630,6 @@ def refine_layout(
     else:
         components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
         components[placed], basis = projected(np.asarray(vectors)[placed], SWAP_DIMS, basis)
-    on_projected()
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
     for start in range(total):

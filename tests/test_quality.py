@@ -88,32 +88,3 @@ def test_the_numbers_do_not_depend_on_the_threads_that_score_them(monkeypatch):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-12), key
-
-
-@pytest.mark.parametrize("room_for", [0, 2, 100])
-def test_the_numbers_are_the_same_whether_the_embedding_side_ran_ahead_or_not(monkeypatch, room_for):
-    """Assign works out the embedding's side of the quality numbers while refinement swaps;
-    whether all, some or none of the queries were done ahead, and whether the thread had
-    begun them, the numbers are those of the plain call."""
-    rng = np.random.default_rng(6)
-    vectors = rng.normal(size=(1200, 24)).astype(np.float32)
-    cells = rng.permutation(35 * 35)[:1200]
-    monkeypatch.setattr(quality, "_BLOCK_QUERIES", 64)  # the blocks decide the order of the sums
-    plain = [quality.layout_quality(vectors, cells, 35, sample_size=500, ties=ties) for ties in quality.TIES]
-    monkeypatch.setattr(quality, "AHEAD_FROM_POINTS", 1000)
-    monkeypatch.setattr(quality, "AHEAD_BYTES", room_for * 6 * 1200 * 64)  # room for that many blocks
-    for ties, expected in zip(quality.TIES, plain, strict=True):
-        for started in (True, False):
-            with quality.Ahead(vectors, sample_size=500) as ahead:
-                if started:
-                    ahead.start()
-                assert (
-                    quality.layout_quality(vectors, cells, 35, sample_size=500, ties=ties, ahead=ahead)
-                    == expected
-                )
-
-
-def test_an_ahead_start_for_other_vectors_is_refused():
-    vectors = np.random.default_rng(7).normal(size=(50, 8))
-    with quality.Ahead(vectors.copy()) as ahead, pytest.raises(ValueError, match="other embeddings"):
-        quality.layout_quality(vectors, np.arange(50), 10, ahead=ahead)
