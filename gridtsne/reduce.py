@@ -48,7 +48,9 @@ PCA_DIMS = ReduceOptions.default("pca_dims")
 #: t-SNE threads (faster than one on 2 cores, the same DPQ_16: docs/benchmarks.md).
 #: openTSNE's map depends on the thread
 #: count (its gradient sums are split between threads), so the count is fixed,
-#: never taken from the machine: the same inputs and seed give the same map anywhere.
+#: never taken from the machine (nor are BLAS's: ``vectors.LAYOUT_BLAS_THREADS``): the same
+#: inputs and seed give the same map on any number of cores (of one kind of CPU: OpenBLAS
+#: picks its kernels by CPU, and another kernel may round otherwise).
 TSNE_JOBS = 2
 #: Barnes-Hut's accuracy (openTSNE's default; only the Barnes-Hut gradient reads it).
 BH_THETA = 0.5

@@ -35,6 +35,20 @@ def normalise(embeddings: np.ndarray, *, copy: bool = True) -> np.ndarray:
 NORMALISE_CHUNK_ROWS = 1024
 
 
+#: BLAS threads of the products and eigendecompositions whose results make a layout (PCA,
+#: the nearest-row search), fixed rather than taken from the machine's cores as OpenBLAS
+#: takes them: its results depend on the count (a Gram matrix's products and LAPACK's
+#: eigenvectors differed in their last bits between 1, 2 and 4 threads, and so did the t-SNE
+#: maps and grids made from them). 2 is what this machine's two cores gave all along.
+LAYOUT_BLAS_THREADS = 2
+
+
+def fixed_blas_threads():
+    """A context in which the BLAS libraries loaded (numpy's, scipy's) use
+    ``LAYOUT_BLAS_THREADS``: the same vectors give the same layout on any number of cores."""
+    return threadpool_limits(LAYOUT_BLAS_THREADS, user_api="blas")
+
+
 #: Rows centred at a time by ``pca``: its memory beyond x is this many rows, not N.
 PCA_CHUNK_ROWS = 8192
 
@@ -52,7 +66,17 @@ def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False, with_basis: bool =
     Gram matrix when N <= D, where that is the smaller problem. Only the
     ``dims`` largest eigenpairs are computed.
     """
-    from scipy.linalg import eigh  # scipy is slow to import; most runs never get here
+    # scipy is slow to import and most runs never get here; imported before the limit, so that
+    # its OpenBLAS is among those limited.
+    import scipy.linalg  # noqa: F401
+
+    with fixed_blas_threads():
+        return _pca(x, dims, unit_rows=unit_rows, with_basis=with_basis)
+
+
+def _pca(x: np.ndarray, dims: int, *, unit_rows: bool, with_basis: bool):
+    """``pca``, its BLAS threads fixed."""
+    from scipy.linalg import eigh
 
     gram = len(x) <= x.shape[1]
     if gram:  # in the type the covariance's chunks take (``_chunks``): float32 stays float32
@@ -91,8 +115,9 @@ def project(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray], dims: int) -> n
     with zeros to ``dims`` as ``pca`` pads."""
     mean, directions = basis
     result = np.zeros((len(x), dims), dtype=np.result_type(mean.dtype, directions.dtype))
-    for start, chunk in zip(range(0, len(x), PCA_CHUNK_ROWS), _chunks(x, mean, False), strict=True):
-        result[start : start + len(chunk), : directions.shape[1]] = chunk @ directions
+    with fixed_blas_threads():
+        for start, chunk in zip(range(0, len(x), PCA_CHUNK_ROWS), _chunks(x, mean, False), strict=True):
+            result[start : start + len(chunk), : directions.shape[1]] = chunk @ directions
     return result
 
 
@@ -147,8 +172,9 @@ def nearest_unit_rows(
 
     starts = range(0, len(queries), chunk)
     if threads == 1:
-        for start in starts:
-            search(start)
+        with fixed_blas_threads():
+            for start in starts:
+                search(start)
     else:
         with ThreadPoolExecutor(threads) as pool, threadpool_limits(1, user_api="blas"):
             list(pool.map(search, starts))

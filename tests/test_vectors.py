@@ -11,6 +11,30 @@ def test_pca_is_deterministic_and_keeps_the_dimensions_asked_for():
     assert pca(x, 10).shape == (300, 10)
 
 
+def test_a_layout_is_the_same_whatever_the_machine_s_cores():
+    """OpenBLAS takes its thread count from the cores, and its products and LAPACK's
+    eigenvectors gave other last bits for other counts: the same photos and seed made another
+    PCA, t-SNE map and grid on a machine with 1 or 4 cores than on 2. The count is fixed now."""
+    import scipy.linalg  # noqa: F401 (loads scipy's OpenBLAS, so that the limit reaches it)
+    from threadpoolctl import ThreadpoolController
+
+    from gridtsne import assign, reduce
+
+    rng = np.random.default_rng(10)
+    x = (rng.normal(size=(8, 1280))[rng.integers(0, 8, 300)] + 0.5 * rng.normal(size=(300, 1280))).astype(
+        np.float32
+    )
+    results = []
+    for cores in (1, 2, 4):
+        with ThreadpoolController().limit(limits=cores, user_api="blas"):
+            coords, _ = reduce.tsne_2d(x)
+            cells, _ = assign.layout(coords, x, 18, 18)
+            results.append((pca(x, 50, unit_rows=True), pca(x, 256), coords, cells))
+    for result in results[1:]:
+        for ours, first in zip(result, results[0], strict=True):
+            assert np.array_equal(ours, first)
+
+
 def test_pca_of_fewer_points_than_dimensions_matches_the_covariance_route():
     x = np.random.default_rng(9).normal(size=(40, 100))
     through_gram = pca(x, 5)  # N <= D: the N x N Gram matrix
