@@ -131,7 +131,8 @@ def scenario(name: str, vectors: np.ndarray, seed: int, repeats: int = 1) -> dic
         work = Workdir(Path(scratch) / "update")
         cells, summary, _ = lay_out(work, vectors[start_ids], seed, relayout=True)
         started_from = Path(scratch) / "first layout"
-        shutil.copytree(work.path, started_from)
+        if repeats > 1:  # what each repeat starts from
+            shutil.copytree(work.path, started_from)
         ids, seconds, steps = start_ids, 0.0, []
         if name == "add 10%":
             steps = [np.sort(np.concatenate([start_ids, rest]))]
