@@ -38,7 +38,17 @@ def test_blocks_of_rows_give_the_same_answer_as_one_block(monkeypatch):
     whole = neighbours.most_similar(vectors)
     monkeypatch.setattr(neighbours, "BLOCK_BYTES", 700 * 4 * 50)  # 50 rows a block
     blocks = neighbours.most_similar(vectors, jobs=2)
-    assert np.array_equal(whole[0], blocks[0]) and np.allclose(whole[1], blocks[1])
+    assert np.allclose(whole[1], blocks[1], atol=1e-6)
+    # The same photos in the same order, but for two whose similarities are equal to within
+    # float32 rounding: BLAS may round a product of 50 rows unlike one of 700 (on some CPUs).
+    differ = whole[0] != blocks[0]
+    assert differ.mean() < 0.001
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    row = np.nonzero(differ)[0]
+    exact = np.einsum("nd,nd->n", unit[row].astype(np.float64), unit[whole[0][differ]].astype(np.float64))
+    swapped = np.einsum("nd,nd->n", unit[row].astype(np.float64), unit[blocks[0][differ]].astype(np.float64))
+    assert np.allclose(exact, swapped, atol=1e-6)
+    assert all(set(a) == set(b) for a, b in zip(whole[0][row], blocks[0][row], strict=True))
 
 
 def test_the_reduced_search_ranks_on_the_full_vectors_and_finds_nearly_all_of_the_exact_top_12():
