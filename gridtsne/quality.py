@@ -51,7 +51,7 @@ _TIE_MARGIN = 16
 #: Distance rows computed at once, over all threads: bounds the working memory to ~64 MB.
 _CHUNK_BYTES = 64 << 20
 #: Arrays of queries x N (8-byte) that scoring a few of a block's queries holds at once at
-#: most (their distances' order, the authors' order, the rings' keys, the expected order and
+#: most (their sorted distances, the authors' keys, the rings' keys, the expected order and
 #: temporaries): that many queries are scored at a time, within _CHUNK_BYTES over all threads,
 #: beside the block's distances (one such array).
 _BLOCK_ARRAYS = 8
@@ -163,25 +163,40 @@ def layout_quality(
         return _summed(parts)
 
     def score(index: np.ndarray, embedding_distance: np.ndarray) -> tuple:
-        """``block``'s sums for these queries, whose distances to every point are given."""
+        """``block``'s sums for these queries, whose distances to every point are given (and
+        are overwritten). The orders' sums need only each order's distances, not which point
+        holds each place, so they come from sorting distances, not from ranking points."""
         queries_here = np.arange(len(index))[:, None]
         # Squared grid distances, exact in integers, and their rings (0 only for the query).
         grid_distance = (grid_cells[index, None, 0] - grid_cells[None, :, 0]) ** 2
         grid_distance += (grid_cells[index, None, 1] - grid_cells[None, :, 1]) ** 2
         ring = ring_rank[grid_distance]
         del grid_distance
-        by_embedding = np.argsort(embedding_distance, axis=1)
-        # Self (distance 0) comes first and is dropped.
-        nearest = np.take_along_axis(embedding_distance, by_embedding[:, 1:], axis=1)
+        # The query itself comes first in every order and is dropped: below every distance,
+        # it cannot trade places with an exact twin (whose distance to it is its own).
+        embedding_distance[queries_here[:, 0], index] = -1.0
+        nearest = np.sort(embedding_distance, axis=1)[:, 1:]
         sum_embedding = nearest.sum(axis=0)
         sum_random = nearest.sum() / (n_points - 1)
         del nearest
-        # The authors' order: by ring, nearest in the embedding first within one (a stable
-        # sort of the rings in embedding order; a radix sort when they fit 16 bits).
-        within = np.argsort(np.take_along_axis(ring, by_embedding, axis=1), axis=1, kind="stable")
-        authors_order = np.take_along_axis(by_embedding, within, axis=1)[:, 1:]  # the query first
-        del within
-        sum_authors = np.take_along_axis(embedding_distance, authors_order, axis=1).sum(axis=0)
+        # The authors' order: by ring, nearest in the embedding first within one. Each distance
+        # goes up by its ring times a power of two that is at least twice every distance, so
+        # one sort of these keys orders by ring, then distance, and taking the ring's multiple
+        # off again (exactly: a power of two) gives the distance back, rounded to the key's
+        # precision (2^-52 of the largest key: about 1e-12 for unit vectors).
+        spacing = 2.0 ** (np.floor(np.log2(max(float(embedding_distance.max()), 1e-300))) + 2)
+        key = ring * spacing
+        key += embedding_distance
+        if ties == "favourable":  # which points the authors' order puts among the k nearest
+            within_k = np.zeros(embedding_distance.shape, dtype=bool)
+            np.put_along_axis(within_k, np.argpartition(key, k, axis=1)[:, : k + 1], True, axis=1)
+        key.sort(axis=1)
+        key = key[:, 1:]  # the query
+        multiple = np.floor(key * (1.0 / spacing))
+        multiple *= spacing
+        key -= multiple
+        sum_authors = key.sum(axis=0)
+        del key, multiple
         # Each ring's count and summed embedding distance, per query (the query's own left out).
         flat = (ring + queries_here * n_rings).ravel()
         counts = np.bincount(flat, minlength=len(index) * n_rings).reshape(len(index), n_rings)
@@ -204,8 +219,11 @@ def layout_quality(
         del flat
         # Neighbourhood preservation: the embedding's k nearest (those tied with the k-th
         # sharing its place), each counted up to its weight among the k nearest on the grid.
+        # The query and its nearest ``closest - 1``, nearest first: a partition, then a sort.
         closest = min(n_points, k + 1 + _TIE_MARGIN)
-        own = by_embedding[:, 1:closest]
+        own = np.argpartition(embedding_distance, closest - 1, axis=1)[:, :closest]
+        by_distance = np.argsort(np.take_along_axis(embedding_distance, own, axis=1), axis=1, kind="stable")
+        own = np.take_along_axis(own, by_distance, axis=1)[:, 1:]  # the query first
         own_distance = np.take_along_axis(embedding_distance, own, axis=1)
         kth = own_distance[:, k - 1 : k]
         tied = np.abs(own_distance - kth) <= 1e-9 * kth
@@ -217,10 +235,7 @@ def layout_quality(
             grid_weight = np.where(
                 own_ring < ring_of_kth, 1.0, np.where(own_ring == ring_of_kth, kth_share, 0.0)
             )
-            grid_weight[own_ring == 0] = 0.0  # the query itself, where a twin came first
         else:
-            within_k = np.zeros(embedding_distance.shape, dtype=bool)
-            np.put_along_axis(within_k, authors_order[:, :k], True, axis=1)
             grid_weight = np.take_along_axis(within_k, own, axis=1).astype(np.float64)
         shared_neighbours = float(np.minimum(embedding_weight, grid_weight).sum())
         return sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours

@@ -88,3 +88,61 @@ def test_the_numbers_do_not_depend_on_the_threads_that_score_them(monkeypatch):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-12), key
+
+
+def direct_count(embedding, cells, cols, k=10, p=16):
+    """The three numbers counted the plain way, one query at a time over every other image."""
+    n = len(embedding)
+    distance = np.sqrt(((embedding[:, None] - embedding[None]) ** 2).sum(axis=2))
+    row_col = np.stack(np.divmod(cells, cols), axis=1)
+    grid = ((row_col[:, None] - row_col[None]) ** 2).sum(axis=2)
+    best, expected, authors = np.zeros(n - 1), np.zeros(n - 1), np.zeros(n - 1)
+    shared = shared_authors = 0.0
+    for query in range(n):
+        others = np.delete(np.arange(n), query)
+        apart, ring = distance[query, others], grid[query, others]
+        best += np.sort(apart)
+        by_authors = np.lexsort((apart, ring))  # by ring, nearest in the embedding first
+        authors += apart[by_authors]
+        rings, counts = np.unique(ring, return_counts=True)
+        expected += np.repeat([apart[ring == r].mean() for r in rings], counts)
+        # The embedding's k nearest, those tied at the k-th place (a pair of twins) sharing it.
+        kth = np.sort(apart)[k - 1]
+        tied = np.abs(apart - kth) <= 1e-9 * kth
+        below = (apart < kth) & ~tied
+        in_embedding = np.where(tied, (k - below.sum()) / tied.sum(), below.astype(float))
+        kth_ring = np.sort(ring)[k - 1]
+        share = (k - (ring < kth_ring).sum()) / (ring == kth_ring).sum()
+        on_grid = np.where(ring < kth_ring, 1.0, np.where(ring == kth_ring, share, 0.0))
+        shared += np.minimum(in_embedding, on_grid).sum()
+        shared_authors += np.minimum(in_embedding, np.isin(np.arange(n - 1), by_authors[:k])).sum()
+    random = distance.sum() / (n * (n - 1))
+
+    def norm(total):
+        gain = np.clip((random - np.cumsum(total) / np.arange(1, n) / n) / random, 0, None)
+        return np.linalg.norm(gain, ord=p)
+
+    return {
+        "dpq": norm(expected) / norm(best),
+        "dpq_authors": norm(authors) / norm(best),
+        "neighbourhood_preservation": shared / (k * n),
+        "favourable_np": shared_authors / (k * n),
+    }
+
+
+def test_the_numbers_are_those_of_a_direct_count_where_photos_have_exact_twins():
+    """An exact twin is a photo's nearest neighbour, whichever of the two sorts first."""
+    rng = np.random.default_rng(6)
+    embedding = rng.normal(size=(240, 12))
+    embedding[200:] = embedding[:40]  # 40 twins
+    cells = rng.permutation(16 * 16)[:240]
+    for twin in range(200, 220):  # 20 twins beside each other: swapped into the next cell
+        beside = cells[twin - 200] + (1 if cells[twin - 200] % 16 < 15 else -1)
+        holder = np.flatnonzero(cells == beside)
+        cells[holder], cells[twin] = cells[twin], beside
+    direct = direct_count(embedding, cells, 16)
+    counted = quality.layout_quality(embedding, cells, 16)
+    favourable = quality.layout_quality(embedding, cells, 16, ties="favourable")
+    for key in ("dpq", "dpq_authors", "neighbourhood_preservation"):
+        assert counted[key] == pytest.approx(direct[key], abs=1e-6), key
+    assert favourable["neighbourhood_preservation"] == pytest.approx(direct["favourable_np"], abs=1e-6)
