@@ -23,7 +23,7 @@ from gridtsne import quality, refine
 from gridtsne.errors import OptionMismatch, StageError
 from gridtsne.options import AssignOptions
 from gridtsne.stage import Context, Stage
-from gridtsne.vectors import match_rows, nearest_unit_rows, normalise, row_keys
+from gridtsne.vectors import in_parts, match_rows, nearest_unit_rows, normalise, row_keys
 from gridtsne.workdir import (
     ASSIGN_STATE,
     COORDS,
@@ -209,12 +209,20 @@ class BlocksSolver:
             # A window whose photos all sit on their own place is optimal as it is (an update:
             # most of the grid): skipped. Windows do not overlap, so this holds through a pass.
             displaced = (points != centres[cell_of_point]).any(axis=1)
+            tasks = []
             for r0, r1, c0, c1 in windows(rows, cols, self.window, shift):
                 members = occupant[r0:r1, c0:c1].ravel()
                 members = members[members >= 0]
-                if not displaced[members].any():
-                    continue
-                self._solve_window(points, cell_of_point, members, r0, r1, c0, c1, cols, weights)
+                if displaced[members].any():
+                    tasks.append((members, r0, r1, c0, c1))
+
+            def solve_windows(part: range, tasks: list = tasks) -> None:
+                for task in part:
+                    self._solve_window(points, cell_of_point, *tasks[task], cols, weights)
+
+            # A pass's windows hold different photos and cells: each thread takes a run of them
+            # and writes its own photos' cells, so the grid is the one that one thread makes.
+            in_parts(solve_windows, len(tasks), WINDOW_THREADS)
             costs.append(float((weight * ((points - centres[cell_of_point]) ** 2).sum(axis=1)).sum()))
             if len(costs) > 2 and costs[-3] - costs[-1] <= self.tolerance * costs[-3]:
                 break
@@ -228,6 +236,10 @@ class BlocksSolver:
         centres = np.stack([col + col0, row + row0], axis=1).astype(np.float64)
         local = _exact_lap(points[members], centres, None if weights is None else weights[members])
         cell_of_point[members] = (row[local] + row0) * cols + col[local] + col0
+
+
+#: Threads that solve a pass's windows (scipy's solver lets go of the GIL): two cores here.
+WINDOW_THREADS = 2
 
 
 def windows(rows: int, cols: int, size: int, shift: int = 0):

@@ -118,6 +118,23 @@ def test_the_blocks_solver_is_complete_and_close_to_exact():
     assert exact_cost <= block_cost < exact_cost * 1.05
 
 
+def test_the_blocks_solver_gives_the_same_grid_on_one_thread_or_two(monkeypatch):
+    """A pass's windows are solved on two threads: the grid, and an update's from a weighted
+    start, are those of one thread."""
+    coords = blobs(1500, seed=4)
+    points = assign.fit_to_grid(coords, 40, 40)
+    weights = np.where(np.arange(1500) % 10 == 0, 1.0, 4.0)
+    start = np.random.default_rng(4).permutation(1600)[:1500]
+    grids = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(assign, "WINDOW_THREADS", threads)
+        solver = assign.BlocksSolver()
+        grids[threads] = solver.solve(points, 40, 40), solver.improve(points, start, 40, 40, weights)
+    for one, two in zip(grids[1], grids[2], strict=True):
+        assert np.array_equal(one, two)
+    assert len(set(grids[2][1].tolist())) == 1500  # every photo in a cell of its own
+
+
 def test_auto_is_exact_for_small_grids_and_blocks_for_large_ones():
     assert assign.resolve_solver("auto", 1024).name == "exact"
     assert assign.resolve_solver("auto", assign.EXACT_MAX_CELLS + 1).name == "blocks"
