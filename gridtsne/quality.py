@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from gridtsne.memory import release_freed_memory
+
 TIES = ("expected", "favourable")
 DPQ_P = 16
 NEIGHBOURS_K = 10
@@ -137,6 +139,9 @@ def layout_quality(
             "queries": n_points,
             "sampled": False,
         }
+    # The blocks' arrays come from the scoring threads' own arenas, not from what the layout
+    # before freed: handed back first, it is not held beside them (an update's peak).
+    release_freed_memory()
     cells = grid_positions(cell_of_image, cols)
     if n_points > sample_size:
         queries = np.sort(np.random.default_rng(seed).choice(n_points, sample_size, replace=False))

@@ -305,6 +305,7 @@ def place_new_points(
     seed: int = 0,
     pca_dims: int = PCA_DIMS,
     with_kin: bool = False,
+    overwrite: bool = False,
 ):
     """The map of all rows (t-SNE units) with the ``kept`` rows fixed at ``kept_map``.
 
@@ -316,7 +317,9 @@ def place_new_points(
     ``with_kin``: (map, kin), kin the row of each new photo's nearest kept row in the
     embedding (cosine) and -1 for a kept row, which assign would otherwise search for again
     (a seventh of a 10% update's time at 10,000 photos); None where the placing searched
-    openTSNE's approximate index instead of every kept row.
+    openTSNE's approximate index instead of every kept row. ``overwrite``: the embeddings
+    may be scaled in place (the caller's own array, not used after), which saves a copy of
+    N x D: an update's peak memory (docs/benchmarks.md).
     """
     from openTSNE import TSNEEmbedding
     from openTSNE.affinity import PerplexityBasedNN
@@ -328,7 +331,7 @@ def place_new_points(
         return (points, np.full(len(points), -1, dtype=np.int64)) if with_kin else points
     n_kept, n_new = int(kept.sum()), int((~kept).sum())
     if n_kept * n_new <= EXACT_PLACING_PAIRS:
-        unit = normalise(np.asarray(embeddings, dtype=np.float32))
+        unit = normalise(np.asarray(embeddings, dtype=np.float32), copy=not overwrite)
         affinities, new_rows = _affinities_to_kept(unit, kept), unit[~kept]
     else:
         settings = tsne_settings(n_kept, perplexity, pca_dims)
@@ -492,8 +495,9 @@ class ReduceStage(Stage):
         else:
             meta, old_map, earlier_row = update
             kept = earlier_row >= 0
+            # The stage's own array, hashed above and not read after: scaled in place.
             points, kin = place_new_points(
-                embeddings, old_map[earlier_row[kept]], kept, **tsne_options, with_kin=True
+                embeddings, old_map[earlier_row[kept]], kept, **tsne_options, with_kin=True, overwrite=True
             )
             if kin is not None:
                 kin_state["kin"] = kin

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+from gridtsne.memory import release_freed_memory
 from gridtsne.options import StageOptions
 from gridtsne.workdir import Workdir, file_hash
 
@@ -117,6 +118,7 @@ class Stage:
             if summary is not None:
                 return summary
         results = self.compute(workdir, options, context or Context(), plan.prepared)
+        release_freed_memory()
         outputs = self.outputs(workdir, options, results)
         return workdir.finish_stage(
             self.name, plan.parameters, plan.inputs, outputs, started, results, options=options.to_dict()

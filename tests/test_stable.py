@@ -210,8 +210,12 @@ def test_new_photos_are_placed_on_the_map_by_their_twin_either_way(vectors, monk
     kept_map, _ = reduce.tsne_map(vectors[:240], seed=0)
     twins = np.arange(5, 240, 24)
     noise = np.random.default_rng(0).normal(0, 1e-3, (len(twins), vectors.shape[1]))
-    rows = np.vstack([vectors[:240], vectors[twins] * (1 + noise)])
+    rows = np.vstack([vectors[:240], vectors[twins] * (1 + noise)]).astype(np.float32)
+    given = rows.copy()
     points = reduce.place_new_points(rows, kept_map, np.arange(len(rows)) < 240, seed=0)
+    assert np.array_equal(rows, given)  # the caller's vectors are left as they were
+    scaled = reduce.place_new_points(given, kept_map, np.arange(len(rows)) < 240, seed=0, overwrite=True)
+    assert np.array_equal(scaled, points)  # overwrite (reduce's own array) saves a copy, not bits
     assert (points[:240] == kept_map).all()
     spread = np.median(np.linalg.norm(kept_map - kept_map.mean(axis=0), axis=1))
     apart = np.linalg.norm(points[240:] - kept_map[twins], axis=1)
