@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 
 def release_freed_memory() -> None:
@@ -18,9 +17,11 @@ def release_freed_memory() -> None:
 
 
 def _glibc():
+    """The C library the process runs on where it has ``malloc_trim`` (glibc), else None: the
+    process's own symbols, so that no search for the library runs at import."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # TypeError: Windows loads no library by None
         return None
     return libc if hasattr(libc, "malloc_trim") else None
 

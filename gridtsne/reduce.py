@@ -254,9 +254,9 @@ EXACT_PLACING_PAIRS = 100_000_000
 #: A new photo starts on the map where its nearest staying photo is (openTSNE's median start
 #: over this many neighbours; its default, 25, starts it between them, often between two
 #: clusters) and then moves for ``PLACING_ITERATIONS`` of t-SNE against the fixed map. Placing
-#: a tenth of the 10,000 kept aside, the new photos' KL divergence came out at 9,926 after 50
-#: iterations from there against 10,571 after 250 from the median of 25, and they lay nearer
-#: their kin; the grid is the same (assign places new photos by their kin), docs/benchmarks.md.
+#: a tenth of the 10,000 kept aside, the new photos' KL divergence came out at 9,933 after 50
+#: iterations from there against 10,610 after 250 from the median of 25, and they lay nearer
+#: their kin (benchmarks/placing.py); the grid is the same (assign places new photos by their kin).
 PLACING_START_NEIGHBOURS = 1
 PLACING_ITERATIONS = 50
 
