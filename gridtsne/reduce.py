@@ -9,7 +9,8 @@ recorded in ``reduce.json``: exact neighbours below 1,000 points and Annoy
 above; Barnes-Hut gradients below 10,000 and FFT-interpolated above; from
 1,000 points on, 125 iterations of early exaggeration and 150 of the main
 phase (openTSNE's 250 and 500 below), enough for a grid.
-All are deterministic for a seed and a thread count, and the thread count is fixed.
+All are deterministic for a seed and a thread count, and the thread count is fixed by N
+(one thread below 200 points, two from there).
 
 The map keeps its true shape (aspect ratio) in ``coords.npy``; fitting it to
 the grid is assign's job. ``import_embeddings`` brings vectors made elsewhere
@@ -52,6 +53,19 @@ PCA_DIMS = ReduceOptions.default("pca_dims")
 #: inputs and seed give the same map on any number of cores (of one kind of CPU: OpenBLAS
 #: picks its kernels by CPU, and another kernel may round otherwise).
 TSNE_JOBS = 2
+#: Below this many points t-SNE runs on one thread: its gradient is too little work to share.
+#: Two threads then wait on each other at every step of an iteration, which cost nothing quiet
+#: (100 points: 0.22 s on one thread against 0.30 s on two) and a great deal beside any other
+#: busy process, when the thread that waits spins on the core the other needs (0.35 s against
+#: 0.92 s; ``benchmarks/tsne_threads.py``, docs/benchmarks.md). From 263 points two were faster.
+TWO_THREADS_FROM_POINTS = 200
+
+
+def tsne_jobs(n_points: int) -> int:
+    """t-SNE's threads for ``n_points``: fixed by N, never by the machine (see ``TSNE_JOBS``)."""
+    return TSNE_JOBS if n_points >= TWO_THREADS_FROM_POINTS else 1
+
+
 #: Barnes-Hut's accuracy (openTSNE's default; only the Barnes-Hut gradient reads it).
 BH_THETA = 0.5
 #: openTSNE's own switch-over sizes for its "auto" choices.
@@ -116,7 +130,7 @@ def tsne_settings(n_points: int, perplexity: float | None = None, pca_dims: int 
         "learning_rate": "auto",
         "early_exaggeration_iter": EARLY_EXAGGERATION_ITER if n_points >= SHORT_FROM_POINTS else 250,
         "n_iter": MAIN_ITER if n_points >= SHORT_FROM_POINTS else 500,
-        "n_jobs": TSNE_JOBS,
+        "n_jobs": tsne_jobs(n_points),
     }
 
 
@@ -342,7 +356,7 @@ def place_new_points(
         )
         new_rows = x[~kept]
     reference = TSNEEmbedding(
-        np.ascontiguousarray(kept_map), affinities, n_jobs=TSNE_JOBS, random_state=seed,
+        np.ascontiguousarray(kept_map), affinities, n_jobs=tsne_jobs(len(points)), random_state=seed,
         negative_gradient_method="fft",  # for the new points alone, 8 times as fast as BH at 9,000
     )  # fmt: skip
     # openTSNE centres its copy of the map on the middle of its extent when it first lays its
