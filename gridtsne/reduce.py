@@ -10,7 +10,7 @@ above; Barnes-Hut gradients below 10,000 and FFT-interpolated above; from
 1,000 points on, 125 iterations of early exaggeration and 150 of the main
 phase (openTSNE's 250 and 500 below), enough for a grid.
 All are deterministic for a seed and a thread count, and the thread count is fixed by N
-(one thread below 200 points, two from there).
+(one thread below 150 points, two from there).
 
 The map keeps its true shape (aspect ratio) in ``coords.npy``; fitting it to
 the grid is assign's job. ``import_embeddings`` brings vectors made elsewhere
@@ -53,12 +53,12 @@ PCA_DIMS = ReduceOptions.default("pca_dims")
 #: inputs and seed give the same map on any number of cores (of one kind of CPU: OpenBLAS
 #: picks its kernels by CPU, and another kernel may round otherwise).
 TSNE_JOBS = 2
-#: Below this many points t-SNE runs on one thread: its gradient is too little work to share.
-#: Two threads then wait on each other at every step of an iteration, which cost nothing quiet
-#: (100 points: 0.22 s on one thread against 0.30 s on two) and a great deal beside any other
-#: busy process, when the thread that waits spins on the core the other needs (0.35 s against
-#: 0.92 s; ``benchmarks/tsne_threads.py``, docs/benchmarks.md). From 263 points two were faster.
-TWO_THREADS_FROM_POINTS = 200
+#: Below this many points t-SNE runs on one thread: its gradient is too little work to share,
+#: and two threads wait on each other at every step of an iteration. Quiet, one thread took
+#: 0.66-1.12 of two's time at 50-100 points; beside one other busy process 0.21-0.41 at 50-150,
+#: as a waiting thread spins on the core the other process needs (``benchmarks/tsne_threads.py``,
+#: docs/benchmarks.md). From 200 points two were faster on a quiet machine.
+TWO_THREADS_FROM_POINTS = 150
 
 
 def tsne_jobs(n_points: int) -> int:

@@ -71,7 +71,7 @@ def test_same_seed_same_map_with_approximate_neighbours():
     # The thread count, on which openTSNE's map depends, is fixed by N, not by the machine:
     # one thread for a few photos, whose gradient is too little work to share.
     assert reduce.tsne_settings(1000)["n_jobs"] == reduce.tsne_settings(20_000)["n_jobs"] == 2
-    assert reduce.tsne_settings(199)["n_jobs"] == 1 and reduce.tsne_settings(200)["n_jobs"] == 2
+    assert reduce.tsne_settings(149)["n_jobs"] == 1 and reduce.tsne_settings(150)["n_jobs"] == 2
 
 
 def test_pca_first_is_recorded_and_the_settings_follow_the_size():
