@@ -59,9 +59,12 @@ def test_unit_square_keeps_the_shape_of_the_cloud():
     assert square.tolist() == [[0, 0.25], [1, 0.25], [1, 0.75], [0, 0.75]]
 
 
-def test_same_seed_same_map_with_approximate_neighbours():
-    # From 1,000 points openTSNE's neighbours come from Annoy; the map must
-    # still depend on the seed alone.
+def test_same_seed_same_map_with_approximate_neighbours(monkeypatch):
+    # From ANNOY_FROM_POINTS points openTSNE's neighbours come from Annoy; the map must
+    # still depend on the seed alone (the switch lowered here: 20,000 points take too long).
+    assert reduce.tsne_settings(19_999)["neighbors"] == "exact"
+    assert reduce.tsne_settings(20_000)["neighbors"] == "annoy"
+    monkeypatch.setattr(reduce, "ANNOY_FROM_POINTS", 1000)
     rng = np.random.default_rng(7)
     points = rng.normal(size=(1000, 8)) + np.repeat(rng.normal(scale=4, size=(4, 8)), 250, axis=0)
     assert reduce.tsne_settings(1000)["neighbors"] == "annoy"

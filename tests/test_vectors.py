@@ -14,7 +14,9 @@ def test_pca_is_deterministic_and_keeps_the_dimensions_asked_for():
 def test_a_layout_is_the_same_whatever_the_machine_s_cores():
     """OpenBLAS takes its thread count from the cores, and its products and LAPACK's
     eigenvectors gave other last bits for other counts: the same photos and seed made another
-    PCA, t-SNE map and grid on a machine with 1 or 4 cores than on 2. The count is fixed now."""
+    PCA, t-SNE map and grid on a machine with 1 or 4 cores than on 2. The count is fixed now.
+    scikit-learn's exact neighbour search takes its OpenMP threads from the cores too: its
+    queries are split between them, and give the same neighbours."""
     import scipy.linalg  # noqa: F401 (loads scipy's OpenBLAS, so that the limit reaches it)
     from threadpoolctl import ThreadpoolController
 
@@ -26,7 +28,7 @@ def test_a_layout_is_the_same_whatever_the_machine_s_cores():
     )
     results = []
     for cores in (1, 2, 4):
-        with ThreadpoolController().limit(limits=cores, user_api="blas"):
+        with ThreadpoolController().limit(limits=cores):  # BLAS and OpenMP
             coords, _ = reduce.tsne_2d(x)
             cells, _ = assign.layout(coords, x, 18, 18)
             results.append((pca(x, 50, unit_rows=True), pca(x, 256), coords, cells))
