@@ -2,11 +2,13 @@
 
     python benchmarks/layout_settings.py --workdirs /work/layout-work \
         --extra /work/combined10k/embeddings.npy [--only emoji textures] \
+        [--subsets-of /work/combined10k/embeddings.npy] \
         [--perplexity 10] [--set reduce.MAIN_ITER=200 ...]
 
 For choosing a default: each collection's embeddings by the shipped model (the
 work directories that ``layout_quality.py --collections`` embeds into, one per
-collection; ``--extra`` adds more .npy files, named by their folder) are laid
+collection; ``--extra`` adds more .npy files, named by their folder;
+``--subsets-of`` adds seeded random subsets of one, ``sub1024_0`` ... by default) are laid
 out by ``gridtsne.layout`` at seeds 0, 1, 2 (``--seeds``), as the stages lay
 them out, with ``--perplexity`` passed (where the set is large enough for it)
 and each ``--set module.NAME=VALUE`` assigned to a gridtsne module's constant
@@ -46,6 +48,10 @@ def main():
     parser.add_argument("--workdirs", default="collections.gridtsne", help="one embedded work directory each")
     parser.add_argument("--extra", nargs="*", default=[], help="more embeddings .npy files")
     parser.add_argument("--only", nargs="*", help="only these sets (folder names)")
+    parser.add_argument("--subsets-of", metavar="NPY", help="also seeded random subsets of these embeddings")
+    parser.add_argument("--subset-size", type=int, default=1024)
+    parser.add_argument("--subset-seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="a subset each, named sub<size>_<seed> (seed 0: layout_scale.py's)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--perplexity", type=float, help="reduce's perplexity (default: gridtsne's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="MODULE.NAME=VALUE",
@@ -53,13 +59,18 @@ def main():
     args = parser.parse_args()
     apply_settings(args.set)
     paths = sorted(Path(args.workdirs).glob("*/embeddings.npy")) + [Path(p) for p in args.extra]
+    sets = [(path.parent.name, path, None) for path in paths]
+    if args.subsets_of:
+        sets += [(f"sub{args.subset_size}_{seed}", Path(args.subsets_of), seed) for seed in args.subset_seeds]
     seeds = f"{'(each seed)':<22}"
     print(f"{'set':<12} {'N':>6} {'DPQ_16 fav':>10} {seeds} {'NP@10':>6} {seeds} seconds")
-    for path in paths:
-        name = path.parent.name
+    for name, path, subset_seed in sets:
         if args.only and name not in args.only:
             continue
         embeddings = np.load(path)
+        if subset_seed is not None:  # as layout_scale.py picks its 1,024 (there with seed 0)
+            rng = np.random.default_rng(subset_seed)
+            embeddings = embeddings[np.sort(rng.choice(len(embeddings), args.subset_size, replace=False))]
         vectors = normalise(embeddings.astype(np.float32))
         perplexity = (
             args.perplexity if args.perplexity and 3 * args.perplexity < len(embeddings) - 1 else None
