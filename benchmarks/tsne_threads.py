@@ -3,9 +3,10 @@
     python benchmarks/tsne_threads.py --vectors /work/combined10k/embeddings.npy \
         [--sizes 12 100 263 1024 4096] [--repeats 3] [--busy 0 1 2]
 
-reduce's t-SNE (``gridtsne.reduce.tsne_map``, the stage's own settings) on the first N of a
-seeded shuffle of the vectors, in a fresh child process for each way of running it, so that
-the OpenMP runtime reads its environment anew:
+reduce's t-SNE (``gridtsne.reduce.tsne_map``, the stage's own settings) on the first N rows,
+in file order, of a seeded random choice of as many rows as the largest N (so each smaller set
+is part of the larger ones, and leans to the file's first rows), in a fresh child process for
+each way of running it, so that the OpenMP runtime reads its environment anew:
 
 - ``spin``: two threads, libgomp's default wait (a waiting thread spins before it sleeps);
 - ``spin 30k``, ``spin 3k``: two threads that spin for fewer turns (``GOMP_SPINCOUNT``; libgomp's
