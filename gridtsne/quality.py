@@ -38,9 +38,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from gridtsne.memory import release_freed_memory
+from gridtsne.vectors import blas_threads
 
 TIES = ("expected", "favourable")
 DPQ_P = 16
@@ -254,7 +254,7 @@ def layout_quality(
     size = max(1, min(_BLOCK_QUERIES, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS)))
     rows_at_once = max(1, min(size, _CHUNK_BYTES // (8 * n_points * QUALITY_THREADS * _BLOCK_ARRAYS)))
     blocks = [queries[start : start + size] for start in range(0, len(queries), size)]
-    with ThreadPoolExecutor(QUALITY_THREADS) as pool, threadpool_limits(1, user_api="blas"):
+    with ThreadPoolExecutor(QUALITY_THREADS) as pool, blas_threads(1):
         totals = _summed(pool.map(block, blocks))
     sum_embedding, sum_grid, sum_authors, sum_random, shared_neighbours = totals
     random_distance = sum_random / len(queries)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gridtsne.vectors import pca, project
+from gridtsne.vectors import fixed_blas_threads, pca, project
 
 #: Principal components the swaps work in: they keep the fine structure that decides
 #: which of two similar images is nearer, at a fifth of 1,280 dimensions' cost.
@@ -61,6 +61,11 @@ NEAREST_WEIGHTS = (1.0, 0.08, 0.012, 0.004)
 SWAP_REACH = 2
 #: Bytes of vectors that filling the stencil gathers at once (a band of grid rows).
 FILL_BAND_BYTES = 32 << 20
+#: Up to this many images the swaps read distances from a matrix of every pair's
+#: (``pair_distances``, 13 MB at 1,280) instead of computing them from the components as
+#: they go: the same objective, and the stage took 0.80-0.85 of the time at 1,024 photos,
+#: 0.94 at 1,280, 0.99 at 1,500 and more above (docs/benchmarks.md).
+PAIR_MATRIX_UP_TO = 1280
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8
 #: A sweep after one in which at most this many classes of pairs swapped evaluates every
@@ -90,6 +95,28 @@ def settings() -> dict:
     }
 
 
+def pair_distances(vectors: np.ndarray) -> np.ndarray:
+    """The distance between every two rows, (N + 1) x (N + 1), the last row and column
+    standing for an empty cell (0), as the stencil reads them: one matrix product instead
+    of a dot product for each pair that the swaps look at, from float32 dot products and
+    float64 sums as ``_NeighbourDistances`` computes them from the vectors. Symmetric to the
+    last bit, as the stencil is: a cell's row is filled from its own side and refreshed from
+    its neighbour's."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    with fixed_blas_threads():
+        dots = vectors @ vectors.T
+    squares = (vectors.astype(np.float64) ** 2).sum(axis=1)
+    distances = np.zeros((len(vectors) + 1, len(vectors) + 1))
+    inner = distances[:-1, :-1]  # filled in place: no N x N temporary beside it but the products
+    np.add(squares[:, None], squares[None, :], out=inner)
+    inner -= 2.0 * dots
+    del dots
+    np.minimum(inner, inner.T, out=inner)  # the product's two halves may differ in the last bit
+    np.sqrt(np.maximum(inner, 0.0, out=inner), out=inner)
+    np.fill_diagonal(inner, 0.0)
+    return distances
+
+
 def projected(vectors: np.ndarray, dims: int, basis=None):
     """``vectors`` on their first ``dims`` principal components (as they are if narrower), and
     the basis that puts other rows on the same components (None where there is none); with
@@ -111,21 +138,34 @@ class _NeighbourDistances:
     neighbour's index is the cell's plus a constant and needs no bounds check.
     """
 
-    def __init__(self, vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int, reach: int):
+    def __init__(
+        self,
+        vectors: np.ndarray | None,
+        cell_of_image: np.ndarray,
+        rows: int,
+        cols: int,
+        reach: int,
+        all_pairs=None,
+    ):
+        """``all_pairs``: ``pair_distances``, read instead of computing distances from ``vectors``."""
         self.reach, self.width = reach, cols + 2 * reach
         self.side = 2 * reach + 1
-        n_images = len(vectors)
-        # Row n_images is a zero vector that stands for an empty cell.
-        self.vectors = np.vstack(
-            [np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), dtype=np.float32)]
-        )
-        # Chunk by chunk: no float64 copy of N x dims (1.2 GB at 300,000 photos), the same sums.
-        self.squares = np.concatenate(
-            [
-                (part.astype(np.float64) ** 2).sum(axis=1)
-                for part in np.array_split(self.vectors, len(self.vectors) // 8192 + 1)
-            ]
-        )
+        self.all_pairs = all_pairs
+        if all_pairs is not None:
+            n_images = len(all_pairs) - 1
+        else:
+            n_images = len(vectors)
+            # Row n_images is a zero vector that stands for an empty cell.
+            self.vectors = np.vstack(
+                [np.asarray(vectors, dtype=np.float32), np.zeros((1, vectors.shape[1]), dtype=np.float32)]
+            )
+            # Chunk by chunk: no float64 copy of N x dims (1.2 GB at 300,000 photos), the same sums.
+            self.squares = np.concatenate(
+                [
+                    (part.astype(np.float64) ** 2).sum(axis=1)
+                    for part in np.array_split(self.vectors, len(self.vectors) // 8192 + 1)
+                ]
+            )
         self.empty = n_images
         self.occupant = np.full((rows + 2 * reach) * self.width, n_images, dtype=np.int64)
         placed = np.flatnonzero(cell_of_image >= 0)
@@ -144,6 +184,10 @@ class _NeighbourDistances:
         instead of a gather per cell and neighbour. The same numbers as ``refresh`` (the same
         sums in the same order), a third of its time at 10,000 photos; at most
         ``FILL_BAND_BYTES`` of vectors gathered at once. Cells of the padding stay 0 (empty)."""
+        if self.all_pairs is not None:  # every cell's row at once: a gather of N x side^2 numbers
+            image, around = self.occupant[self.inner], self.occupant[self.inner[:, None] + self.offsets]
+            self.distance[self.inner] = self.all_pairs[image[:, None], around]
+            return
         reach, width = self.reach, self.width
         occupant = self.occupant.reshape(-1, width)
         distance = self.distance.reshape(len(occupant), width, self.side**2)
@@ -189,13 +233,16 @@ class _NeighbourDistances:
             part = cells[start : start + chunk]
             image = self.occupant[part]
             around = self.occupant[part[:, None] + self.offsets[None, :]]
-            squared = (
-                self.squares[image][:, None]
-                + self.squares[around]
-                - 2.0 * np.einsum("bd,bkd->bk", self.vectors[image], self.vectors[around])
-            )
-            rows = np.sqrt(np.maximum(squared, 0.0))
-            rows[(image == self.empty)[:, None] | (around == self.empty)] = 0.0
+            if self.all_pairs is not None:
+                rows = self.all_pairs[image[:, None], around]  # an empty cell's row and column are 0
+            else:
+                squared = (
+                    self.squares[image][:, None]
+                    + self.squares[around]
+                    - 2.0 * np.einsum("bd,bkd->bk", self.vectors[image], self.vectors[around])
+                )
+                rows = np.sqrt(np.maximum(squared, 0.0))
+                rows[(image == self.empty)[:, None] | (around == self.empty)] = 0.0
             self.distance[part] = rows
             self.distance[part[:, None] + self.offsets[None, :], mirror[None, :]] = rows
 
@@ -277,12 +324,14 @@ def swap_layout(
     home: np.ndarray | None = None,
     stay_cost: float = 0.0,
     leave: float = 0.0,
+    all_pairs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exact pair swaps that lower the objective (see the module docstring); with
     ``movable`` (a bool per cell), only between two movable cells. With ``home`` (a cell per
     image, -1 for none), an image adds ``stay_cost`` times its distance in cells from its home
     cell (plus ``leave`` when it is not there) to the objective: a photo the user knows
-    leaves its cell only for a clear gain, and goes no further than that gain pays for."""
+    leaves its cell only for a clear gain, and goes no further than that gain pays for.
+    ``all_pairs``: ``pair_distances(vectors)``, read instead of ``vectors`` (then None)."""
     rng = np.random.default_rng(seed)
     nearest = np.asarray(NEAREST_WEIGHTS, dtype=np.float64)
     ring = int(np.sqrt(max(RING_WEIGHTS)))
@@ -293,7 +342,7 @@ def swap_layout(
         if (weight := RING_WEIGHTS.get(d_row * d_row + d_col * d_col))
     ]
     stencil = _NeighbourDistances(
-        vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols, ring + SWAP_REACH
+        vectors, np.asarray(cell_of_image, dtype=np.int64), rows, cols, ring + SWAP_REACH, all_pairs
     )
     occupant, distance, empty = stencil.occupant, stencil.distance, stencil.empty
     hollow = occupant == empty  # the empty cells: swaps never move them
@@ -549,12 +598,15 @@ def starts_for(n_images: int) -> int:
     return max(1, min(MAX_STARTS, START_IMAGES // max(1, n_images)))
 
 
-def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, cols: int) -> float:
+def neighbour_cost(
+    vectors: np.ndarray | None, cell_of_image: np.ndarray, rows: int, cols: int, all_pairs=None
+) -> float:
     """The swap step's objective (lower is better): ``SMOOTH_SHARE`` times the
     ``RING_WEIGHTS``-weighted embedding distance over every pair of occupied grid neighbours,
     each pair once, plus for every image its ``NEAREST_WEIGHTS``-weighted distances to the
-    images beside it, nearest first."""
-    vectors = np.asarray(vectors, dtype=np.float64)
+    images beside it, nearest first. ``all_pairs``: ``pair_distances(vectors)``, read instead."""
+    if all_pairs is None:
+        vectors = np.asarray(vectors, dtype=np.float64)
     placed = np.flatnonzero(np.asarray(cell_of_image) >= 0)
     occupant = np.full(rows * cols, -1, dtype=np.int64)
     occupant[np.asarray(cell_of_image)[placed]] = placed
@@ -573,8 +625,11 @@ def neighbour_cost(vectors: np.ndarray, cell_of_image: np.ndarray, rows: int, co
             cols_second = slice(max(0, d_col), cols - max(0, -d_col))
             first, second = occupant[rows_first, cols_first], occupant[rows_second, cols_second]
             both = (first >= 0) & (second >= 0)
-            difference = vectors[first[both]] - vectors[second[both]]
-            distance = np.sqrt((difference**2).sum(axis=1))
+            if all_pairs is None:
+                difference = vectors[first[both]] - vectors[second[both]]
+                distance = np.sqrt((difference**2).sum(axis=1))
+            else:
+                distance = all_pairs[first[both], second[both]]
             total += SMOOTH_SHARE * weight * float(distance.sum())
             if d_row * d_row + d_col * d_col == 1:  # the cells beside: one slot at each end
                 slot = 1 if d_row else 3  # the second is below / right of the first
@@ -630,15 +685,18 @@ def refine_layout(
     else:
         components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
         components[placed], basis = projected(np.asarray(vectors)[placed], SWAP_DIMS, basis)
+    all_pairs = None
+    if len(components) <= PAIR_MATRIX_UP_TO:
+        all_pairs, components = pair_distances(components), None
     best_cost, best = np.inf, cell_of_image
     total = starts_for(n_placed) if starts is None else starts
     for start in range(total):
         cells = swap_layout(
             components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,
-            stay_cost=stay_cost, leave=leave,
+            stay_cost=stay_cost, leave=leave, all_pairs=all_pairs,
         )  # fmt: skip
         # One start has nothing to choose between: the whole grid's objective is not needed.
-        cost = neighbour_cost(components, cells, rows, cols) if total > 1 else 0.0
+        cost = neighbour_cost(components, cells, rows, cols, all_pairs) if total > 1 else 0.0
         if cost < best_cost:  # the first of equals: the result does not depend on timing
             best_cost, best = cost, cells
         on_progress((start + 1) / total)

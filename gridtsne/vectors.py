@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 
 def normalise(embeddings: np.ndarray, *, copy: bool = True) -> np.ndarray:
@@ -46,7 +46,23 @@ LAYOUT_BLAS_THREADS = 2
 def fixed_blas_threads():
     """A context in which the BLAS libraries loaded (numpy's, scipy's) use
     ``LAYOUT_BLAS_THREADS``: the same vectors give the same layout on any number of cores."""
-    return threadpool_limits(LAYOUT_BLAS_THREADS, user_api="blas")
+    return blas_threads(LAYOUT_BLAS_THREADS)
+
+
+def blas_threads(threads: int):
+    """A context in which numpy's and scipy's BLAS use ``threads`` threads."""
+    return _blas_libraries().limit(limits=threads, user_api="blas")
+
+
+@functools.cache
+def _blas_libraries():
+    """threadpoolctl's view of the BLAS libraries, found once: finding them reads every loaded
+    library's path and took 4 ms, each of the half dozen times a small layout limits threads.
+    scipy is imported first, so that its OpenBLAS is among them beside numpy's."""
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 #: Rows centred at a time by ``pca``: its memory beyond x is this many rows, not N.
@@ -66,10 +82,6 @@ def pca(x: np.ndarray, dims: int, *, unit_rows: bool = False, with_basis: bool =
     Gram matrix when N <= D, where that is the smaller problem. Only the
     ``dims`` largest eigenpairs are computed.
     """
-    # scipy is slow to import and most runs never get here; imported before the limit, so that
-    # its OpenBLAS is among those limited.
-    import scipy.linalg  # noqa: F401
-
     with fixed_blas_threads():
         return _pca(x, dims, unit_rows=unit_rows, with_basis=with_basis)
 
@@ -176,7 +188,7 @@ def nearest_unit_rows(
             for start in starts:
                 search(start)
     else:
-        with ThreadPoolExecutor(threads) as pool, threadpool_limits(1, user_api="blas"):
+        with ThreadPoolExecutor(threads) as pool, blas_threads(1):
             list(pool.map(search, starts))
     return found, distance
 

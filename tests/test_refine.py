@@ -191,17 +191,21 @@ def test_images_left_out_of_the_grid_are_never_moved_onto_it():
     assert (refined[100:] == -1).all() and sorted(refined[:100].tolist()) == list(range(100))
 
 
-@pytest.mark.parametrize("band_bytes", [1, 1 << 30])
-def test_the_stencil_filled_band_by_band_is_the_one_refreshed_cell_by_cell(monkeypatch, band_bytes):
+@pytest.mark.parametrize("band_bytes, matrix", [(1, False), (1 << 30, False), (None, True)])
+def test_the_stencil_filled_band_by_band_is_the_one_refreshed_cell_by_cell(monkeypatch, band_bytes, matrix):
     # The distances swaps start from are filled a band of grid rows at a time (one row, or
-    # the whole grid at once here); after swaps, cells are refreshed one by one. The two
-    # must agree to the last bit, or a swap and its reverse could both look like gains.
+    # the whole grid at once here), or read from the matrix of every pair; after swaps, cells
+    # are refreshed one by one. The two must agree to the last bit, or a swap and its reverse
+    # could both look like gains.
     monkeypatch.setattr(refine, "FILL_BAND_BYTES", band_bytes)
     rng = np.random.default_rng(13)
     rows, cols = 9, 11
-    vectors = rng.normal(size=(80, 6)).astype(np.float32)
+    vectors = rng.normal(size=(80, 300)).astype(np.float32)
     cells = rng.permutation(rows * cols)[:80]  # 19 empty cells
-    stencil = refine._NeighbourDistances(vectors, cells, rows, cols, reach=4)
+    if matrix:
+        stencil = refine._NeighbourDistances(None, cells, rows, cols, 4, refine.pair_distances(vectors))
+    else:
+        stencil = refine._NeighbourDistances(vectors, cells, rows, cols, reach=4)
     filled = stencil.distance.copy()
     stencil.distance[:] = 0.0
     stencil.refresh(stencil.inner)
@@ -239,6 +243,36 @@ def test_how_swaps_are_evaluated_never_changes_the_grid(monkeypatch, update, set
         grids.append(refine.swap_layout(vectors, cells, rows, cols, **extra))
     assert (grids[0] != cells).any()
     assert all(np.array_equal(grids[0], grid) for grid in grids[1:])
+
+
+def test_the_distances_of_every_pair_are_the_embedding_s_and_an_empty_cell_s_are_zero():
+    vectors = np.random.default_rng(30).normal(size=(90, 40)).astype(np.float32)
+    pairs = refine.pair_distances(vectors)
+    assert pairs.shape == (91, 91) and np.array_equal(pairs, pairs.T)
+    expected = np.linalg.norm(vectors[:, None, :].astype(np.float64) - vectors[None, :, :], axis=2)
+    assert np.allclose(pairs[:-1, :-1], expected, atol=1e-5)
+    assert not pairs[-1].any() and not np.diag(pairs).any()
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_swaps_on_the_matrix_of_every_pair_make_the_grid_the_vectors_make(monkeypatch, update):
+    """Small grids swap on ``pair_distances`` (PAIR_MATRIX_UP_TO); the swaps and the best of
+    several starts are the same as from the vectors, for a fresh grid and for an update."""
+    rng = np.random.default_rng(23)
+    rows, cols = 20, 22
+    vectors = rng.normal(size=(400, 300)).astype(np.float32)  # PCA to SWAP_DIMS first, as photos are
+    cells = rng.permutation(rows * cols)[:400]
+    extra = {}
+    if update:
+        movable = np.zeros(rows * cols, dtype=bool)
+        movable[rng.choice(rows * cols, 300, replace=False)] = True
+        extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
+    grids = []
+    for up_to in (0, refine.PAIR_MATRIX_UP_TO):
+        monkeypatch.setattr(refine, "PAIR_MATRIX_UP_TO", up_to)
+        grids.append(refine.refine_layout(vectors, cells, rows, cols, starts=2, **extra))
+    assert (grids[0] != cells).any()
+    assert np.array_equal(grids[0], grids[1])
 
 
 def test_an_update_with_no_two_movable_photos_within_reach_moves_nothing():
