@@ -3,6 +3,7 @@
     python benchmarks/layout_scale.py --real /work/combined10k/embeddings.npy
         /work/layout-work/*/embeddings.npy [--sizes 1024 10000 100000] [--repeats 3]
         [--methods gridtsne opentsne flas] [--compare-with DIR]      (one command line)
+        [--set MODULE.NAME=VALUE ...] [--before-set MODULE.NAME=VALUE ...]
     python benchmarks/layout_scale.py --real ... --sizes 100000 300000 --stages
     python benchmarks/layout_scale.py [--sizes 1024 10000 100000] [--methods gridtsne recipe flas]
 
@@ -34,7 +35,9 @@ Methods, on the same vectors and the same near-square grid:
 - flas: FLAS (vc-flas, seed 1) on the normalised vectors, sorting the grid directly;
 - before: with ``--compare-with DIR``, gridtsne as above but imported from DIR,
   another checkout (``git archive <commit> gridtsne | tar -x -C DIR``), so
-  that two versions are timed in one run, interleaved;
+  that two versions are timed in one run, interleaved; with ``--before-set``
+  and ``--compare-with .``, today's code with constants changed (``--set``
+  changes gridtsne's, as benchmarks/layout_settings.py does);
 - recipe (synthetic mode only): scikit-learn TSNE defaults + per-axis
   min-max + exact LAP, the 2017 notebook's method; its N x N cost matrix
   rules out 100,000.
@@ -99,10 +102,12 @@ def child(path: str, method: str) -> None:
     import scipy.optimize  # noqa: F401
     import sklearn.manifold  # noqa: F401
     from layout_quality import flas, original_recipe
+    from layout_settings import apply_settings
 
     from gridtsne import assign, quality, reduce
     from gridtsne.vectors import normalise
 
+    apply_settings(json.loads(os.environ.get(SETTINGS_VARIABLE, "[]")))
     embeddings = np.load(path)
     rows, cols = assign.grid_shape(len(embeddings))
     started = time.perf_counter()
@@ -212,8 +217,13 @@ def prepare(n_points: int, path: str, real: list[str]) -> None:
     print(json.dumps({"source": source}))
 
 
-def run_child(*arguments, pythonpath: str | None = None) -> dict:
+#: The ``--set`` or ``--before-set`` assignments a child applies, as a JSON list.
+SETTINGS_VARIABLE = "GRIDTSNE_BENCH_SETTINGS"
+
+
+def run_child(*arguments, pythonpath: str | None = None, settings: list[str] = ()) -> dict:
     env = dict(os.environ)
+    env[SETTINGS_VARIABLE] = json.dumps(list(settings))
     if not OPENBLAS_TIMEOUT_SET:  # each child's gridtsne decides, as on its command line
         env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     if pythonpath:
@@ -232,6 +242,10 @@ def main():
     parser.add_argument("--real", nargs="+", metavar="NPY", help="real embeddings (see the docstring)")
     parser.add_argument("--stages", action="store_true", help="gridtsne's steps one by one, once per size")
     parser.add_argument("--compare-with", metavar="DIR", help="add 'before': gridtsne imported from DIR")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="MODULE.NAME=VALUE", help="gridtsne's constants"
+    )
+    parser.add_argument("--before-set", nargs="*", default=[], metavar="MODULE.NAME=VALUE", help="before's")
     parser.add_argument("--child", nargs=2, metavar=("NPY", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--stages-child", metavar="NPY", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs="+", help=argparse.SUPPRESS)
@@ -272,10 +286,16 @@ def main():
                         continue  # tens of minutes at 100,000: one run there
                     if method == "before":
                         runs[method].append(
-                            run_child("--child", str(path), "gridtsne", pythonpath=args.compare_with)
+                            run_child(
+                                "--child",
+                                str(path),
+                                "gridtsne",
+                                pythonpath=args.compare_with,
+                                settings=args.before_set,
+                            )  # fmt: skip
                         )
                     else:
-                        runs[method].append(run_child("--child", str(path), method))
+                        runs[method].append(run_child("--child", str(path), method, settings=args.set))
             base = None
             for method in methods:
                 done = [r for r in runs[method] if "seconds" in r]
