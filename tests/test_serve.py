@@ -382,7 +382,8 @@ def test_a_web_page_is_served_from_the_jobs_folder_and_nothing_outside_it(server
 
 def test_a_restart_kills_the_workers_a_killed_server_left_running(tmp_path):
     # A worker deep in a computation does not notice its server's death at once; the
-    # restarted server must stop it before running its job again, and nothing else.
+    # restarted server must stop it before running its job again, and nothing else. A job
+    # that a standby took names the standby's token, which its command line holds.
     from gridtsne.serve.config import ServeConfig
     from gridtsne.serve.worker import WORKER_PID, stop_leftover_workers
 
@@ -391,17 +392,25 @@ def test_a_restart_kills_the_workers_a_killed_server_left_running(tmp_path):
     sleeper = "import time; time.sleep(60)"
     leftover = subprocess.Popen([sys.executable, "-c", sleeper, "gridtsne.serve.worker", "job1"],
                                 start_new_session=True)  # fmt: skip
+    standby = subprocess.Popen([sys.executable, "-c", sleeper, "gridtsne.serve.worker", "--standby", "d00d"],
+                               start_new_session=True)  # fmt: skip
     stranger = subprocess.Popen([sys.executable, "-c", sleeper, "job2"], start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", sleeper, "gridtsne.serve.worker", "--standby", "beef"],
+                             start_new_session=True)  # fmt: skip
+    pid_files = {"job1": f"{leftover.pid}", "job3": f"{standby.pid}\nd00d\n", "job2": f"{stranger.pid}",
+                 "job4": f"{other.pid}\nd00d\n"}  # fmt: skip
     try:
-        for job_id, process in (("job1", leftover), ("job2", stranger)):
+        for job_id, text in pid_files.items():
             config.job_folder(job_id).mkdir(parents=True)
-            (config.job_folder(job_id) / WORKER_PID).write_text(str(process.pid))
+            (config.job_folder(job_id) / WORKER_PID).write_text(text)
         stop_leftover_workers(config)
         assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert standby.wait(timeout=10) == -signal.SIGKILL
         assert stranger.poll() is None  # a pid reused by another program is left alone
+        assert other.poll() is None  # or by another worker
         assert not list(config.jobs.glob(f"*/{WORKER_PID}"))
     finally:
-        for process in (leftover, stranger):
+        for process in (leftover, standby, stranger, other):
             process.kill()
             process.wait()
 
@@ -419,6 +428,93 @@ def test_a_worker_whose_server_died_while_starting_it_exits_at_once(tmp_path):
     )  # fmt: skip
     assert result.returncode == 3
     assert not (tmp_path / "data").exists()  # it touched nothing
+
+
+def _standbys(data: Path) -> list[int]:
+    """The pids of the standby workers of the server over ``data``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if b"gridtsne.serve.worker" in command and b"--standby" in command and str(data).encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _one_standby(data: Path, seconds: float = 30, other_than: int | None = None) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if len(found := _standbys(data)) == 1 and found[0] != other_than:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no single standby worker: {_standbys(data)}")
+
+
+def test_jobs_are_handed_to_a_standby_worker_that_waits_with_its_libraries_loaded(root, tmp_path):
+    from gridtsne.serve.worker import STANDBY_TOOK
+
+    data = tmp_path / "data"
+    data.mkdir()
+    server = Server(root, data, "--workers", "1").start()
+    try:
+        standby = None
+        for seed in (2, 3):  # a new standby waits for each next job, once the last has ended
+            standby = _one_standby(data, other_than=standby)
+            done = server.wait(
+                server.submit({"images": ["photos"], "options": {**OPTIONS, "seed": seed}}).json()["output"][
+                    "id"
+                ]
+            )
+            assert done["state"] == "succeeded", done
+            log = (data / "jobs" / done["id"] / "worker.log").read_text()
+            assert f"gridtsne worker {standby}: {STANDBY_TOOK}" in log
+        _one_standby(data, other_than=standby)
+    finally:
+        server.stop()
+    assert _standbys(data) == []  # stopped with the server
+
+
+def test_a_standby_that_died_leaves_jobs_to_fresh_workers_and_none_waits_without_it(root, tmp_path):
+    from gridtsne.serve.worker import STANDBY_TOOK
+
+    data = tmp_path / "data"
+    data.mkdir()
+    server = Server(root, data, "--workers", "1").start()
+    try:
+        os.kill(_one_standby(data), signal.SIGKILL)
+        done = server.wait(server.submit({"images": ["photos"], "options": OPTIONS}).json()["output"]["id"])
+        assert done["state"] == "succeeded", done
+        assert STANDBY_TOOK not in (data / "jobs" / done["id"] / "worker.log").read_text()
+        time.sleep(1)
+        assert _standbys(data) == []  # not started again and again
+        assert "the standby worker exited" in server.read_log()
+    finally:
+        server.stop()
+    quiet = Server(root, tmp_path / "quiet", "--no-standby")
+    (tmp_path / "quiet").mkdir()
+    quiet.start()
+    try:
+        time.sleep(1)
+        assert _standbys(tmp_path / "quiet") == []
+    finally:
+        quiet.stop()
+
+
+def test_a_standby_exits_when_its_server_is_killed(root, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    server = Server(root, data).start()
+    try:
+        standby = _one_standby(data)
+        server.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{standby}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _standbys(data) == []
+    finally:
+        server.stop()
 
 
 def test_a_visualization_can_continue_the_map_of_an_earlier_one(server, root):

@@ -71,6 +71,8 @@ class ServeConfig:
     max_files: int = DEFAULT_MAX_FILES
     keep_days: float = DEFAULT_KEEP_DAYS
     max_data_bytes: int = int(DEFAULT_MAX_DATA_GB * 1e9)
+    #: Whether a worker process waits ready, its libraries loaded, for the next job (``--no-standby``).
+    standby: bool = True
 
     @property
     def database(self) -> Path:
