@@ -214,6 +214,19 @@ def test_the_stencil_filled_band_by_band_is_the_one_refreshed_cell_by_cell(monke
     assert np.array_equal(filled, stencil.distance)
 
 
+def _scattered(seed: int, rows: int, cols: int, n_images: int, dims: int, n_movable: int):
+    """Random vectors scattered over a grid with empty cells, and, with ``n_movable`` cells
+    that may move, the settings of an update that keeps the scatter as the photos' homes."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n_images, dims)).astype(np.float32)
+    cells = rng.permutation(rows * cols)[:n_images]  # with empty cells: missing neighbours
+    if not n_movable:
+        return vectors, cells, {}
+    movable = np.zeros(rows * cols, dtype=bool)
+    movable[rng.choice(rows * cols, n_movable, replace=False)] = True
+    return vectors, cells, {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
+
+
 @pytest.mark.parametrize("update", [False, True])
 @pytest.mark.parametrize(
     "setting, values",
@@ -228,15 +241,8 @@ def test_how_swaps_are_evaluated_never_changes_the_grid(monkeypatch, update, set
     (FEW_GAINING_CLASSES: in no sweep, the later ones, all), and each cell's four nearest are
     sorted by a network on many pairs and by numpy's sort on a few (NETWORK_FROM: always, as
     set, never)."""
-    rng = np.random.default_rng(21)
     rows, cols = 24, 26
-    vectors = rng.normal(size=(600, 12)).astype(np.float32)
-    cells = rng.permutation(rows * cols)[:600]  # with empty cells: missing neighbours
-    extra = {}
-    if update:
-        movable = np.zeros(rows * cols, dtype=bool)
-        movable[rng.choice(rows * cols, 400, replace=False)] = True
-        extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
+    vectors, cells, extra = _scattered(21, rows, cols, 600, 12, 400 if update else 0)
     grids = []
     for value in values:
         monkeypatch.setattr(refine, setting, value)
@@ -258,15 +264,9 @@ def test_the_distances_of_every_pair_are_the_embedding_s_and_an_empty_cell_s_are
 def test_swaps_on_the_matrix_of_every_pair_make_the_grid_the_vectors_make(monkeypatch, update):
     """Small grids swap on ``pair_distances`` (PAIR_MATRIX_UP_TO); the swaps and the best of
     several starts are the same as from the vectors, for a fresh grid and for an update."""
-    rng = np.random.default_rng(23)
     rows, cols = 20, 22
-    vectors = rng.normal(size=(400, 300)).astype(np.float32)  # PCA to SWAP_DIMS first, as photos are
-    cells = rng.permutation(rows * cols)[:400]
-    extra = {}
-    if update:
-        movable = np.zeros(rows * cols, dtype=bool)
-        movable[rng.choice(rows * cols, 300, replace=False)] = True
-        extra = {"movable": movable, "home": cells, "stay_cost": 0.05, "leave": 1.0}
+    # 300 dimensions: a PCA to SWAP_DIMS first, as for photos.
+    vectors, cells, extra = _scattered(23, rows, cols, 400, 300, 300 if update else 0)
     grids = []
     for up_to in (0, refine.PAIR_MATRIX_UP_TO):
         monkeypatch.setattr(refine, "PAIR_MATRIX_UP_TO", up_to)
