@@ -142,7 +142,7 @@ embed_options = _with(
 reduce_options = _with(
     stage_option(ReduceOptions, "seed", help="Random seed: the same seed and inputs give the same grid."),
     stage_option(ReduceOptions, "perplexity",
-                 help="t-SNE perplexity. Default: 10 from 1,000 images, else 30 (or (N-1)/3 below 91)."),
+                 help="t-SNE perplexity. Default: 10 from 800 images, else 30 (or (N-1)/3 below 91)."),
     stage_option(ReduceOptions, "pca_dims", help="Principal components kept before t-SNE."),
     stage_option(ReduceOptions, "relayout_above", metavar="SHARE",
                  help="When more than this share of the photos is new, lay the map out afresh "

@@ -319,7 +319,7 @@ class ReduceOptions(StageOptions):
     stage: ClassVar[str] = "reduce"
     #: Random seed: the same seed and inputs give the same grid.
     seed: int = option(0, _integer(0, MAX_SEED))
-    #: t-SNE perplexity; None: 10 from 1,000 images, else 30 (or (N-1)/3 below 91).
+    #: t-SNE perplexity; None: 10 from 800 images, else 30 (or (N-1)/3 below 91).
     perplexity: float | None = option(None, _optional(_positive_number))
     #: Principal components kept before t-SNE.
     pca_dims: int = option(50, _integer(2))

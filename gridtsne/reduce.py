@@ -83,18 +83,20 @@ FFT_FROM_POINTS = 10_000
 #: from 125 + 150 iterations score as those from 250 + 500 on the real collections of 1,000
 #: photos and more (docs/benchmarks.md). The main phase costs more per iteration as the map
 #: spreads out (the FFT grid grows with it): its last 350 iterations were over half of
-#: reduce's time at 10,000 photos. Below 1,000 the whole schedule takes under a second and
-#: is kept: there the shorter one cost the odd collection 0.005 of NP@10.
+#: reduce's time at 10,000 photos. From 800 photos, with LARGE_SET_PERPLEXITY, both DPQ_16
+#: and NP@10 rose over twenty seeds (820 to 999 photos took half the time they did, when
+#: the switch was at 1,000); from 700 NP@10 fell on one subset of three, and below 600 it
+#: fell on three collections of five (docs/benchmarks.md): there the long schedule is kept.
 EARLY_EXAGGERATION_ITER = 125
 MAIN_ITER = 150
-SHORT_FROM_POINTS = 1000
+SHORT_FROM_POINTS = 800
 
 
 #: Perplexity from SHORT_FROM_POINTS points on. With the short schedule, 10 keeps a photo's
 #: nearest neighbours beside it more often than openTSNE's 30 (NP@10 0.324 against 0.315 at
 #: 10,000 real photos, DPQ_16 0.943 against 0.939, seeds 0-2), never less on the collections
-#: of 1,000 and more, and t-SNE's neighbour search (3 x perplexity neighbours) is a third of
-#: 30's. Below 1,000, 30 keeps more (clipart, objects and portraits: NP@10 0.01-0.02 higher;
+#: of 800 and more, and t-SNE's neighbour search (3 x perplexity neighbours) is a third of
+#: 30's. Below 600, 30 keeps more (clipart, objects and portraits: NP@10 0.01-0.02 higher;
 #: docs/benchmarks.md).
 LARGE_SET_PERPLEXITY = 10.0
 

@@ -33,8 +33,8 @@ def test_clusters_in_feature_space_stay_apart_on_the_map():
 
 
 def test_default_perplexity_fits_small_collections_and_is_local_for_large_ones():
-    assert reduce.default_perplexity(999) == 30
-    assert reduce.default_perplexity(1000) == reduce.default_perplexity(100_000) == 10
+    assert reduce.default_perplexity(799) == 30
+    assert reduce.default_perplexity(800) == reduce.default_perplexity(100_000) == 10
     assert reduce.default_perplexity(20) < 20 / 3
     points, _ = clusters(n_per_cluster=3)
     coords, _ = reduce.tsne_2d(points)  # 9 points: openTSNE's 30 would fail
