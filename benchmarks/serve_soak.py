@@ -235,7 +235,7 @@ def faults(server: Server, data: Path, started: float, minutes: float, stop: thr
             next_worker += 90
             for pid_file in data.glob("jobs/*/worker.pid"):
                 try:
-                    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+                    os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)  # pid, then its marker
                     log.append((round(now), "kill -9 worker"))
                     break
                 except (OSError, ValueError):
