@@ -63,8 +63,9 @@ SWAP_REACH = 2
 FILL_BAND_BYTES = 32 << 20
 #: Up to this many images the swaps read distances from a matrix of every pair's
 #: (``pair_distances``, 13 MB at 1,280) instead of computing them from the components as
-#: they go: the same objective, and the stage took 0.80-0.85 of the time at 1,024 photos,
-#: 0.94 at 1,280, 0.99 at 1,500 and more above (docs/benchmarks.md).
+#: they go: the same objective, and a whole layout took 0.92 of the time at 1,024 and 1,280
+#: photos, but 1.14 at 1,500 and 1.03 at 2,048, with 21-27 MiB more at its peak
+#: (docs/benchmarks.md).
 PAIR_MATRIX_UP_TO = 1280
 #: Sweeps over all pairs; they stop early when one makes no swap.
 MAX_SWEEPS = 8

@@ -129,15 +129,16 @@ class Dispatcher:
                 # Only while a worker's place is free: its imports take a core from no running job
                 # when one worker runs at a time, and the next job may start at once.
                 token = secrets.token_hex(8)
-                self.standby = (self._start([STANDBY, *self._folders(), token], subprocess.DEVNULL), token)
+                standby = self._start([STANDBY, *self._folders(), token], subprocess.DEVNULL, subprocess.PIPE)
+                self.standby = (standby, token)
 
     def _folders(self) -> list[str]:
         return [str(self.config.root), str(self.config.data)]
 
-    def _start(self, arguments: list[str], output) -> subprocess.Popen:
+    def _start(self, arguments: list[str], output, stdin=subprocess.DEVNULL) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "gridtsne.serve.worker", *arguments],
-            stdin=subprocess.PIPE if arguments[0] == STANDBY else subprocess.DEVNULL,
+            stdin=stdin,
             stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopping it stops everything it started
             env={**WORKER_ENVIRONMENT, **os.environ, SERVER_PID_VARIABLE: str(os.getpid())},
