@@ -44,8 +44,9 @@ Methods, on the same vectors and the same near-square grid:
 
 Every layout is scored by gridtsne.quality on the L2-normalised vectors:
 DPQ_16 as its authors count ties (nearest first within a ring) and NP@10.
-With ``--stages``, gridtsne alone, once per size, with the seconds and the
-peak memory after each step of reduce and assign (for projecting to larger N).
+With ``--stages``, gridtsne alone, ``--repeats`` fresh runs per size, with the median
+seconds and the peak memory after each step of reduce and assign (where the time goes,
+and for projecting to larger N).
 """
 
 # ruff: noqa: E402 (the imports follow a look at the environment, which must come first)
@@ -166,8 +167,23 @@ def stages_child(path: str) -> None:
     cells, _, solver = assign.assign_to_grid(coords, rows, cols)
     step(f"assignment ({solver})")
     vectors = normalise(np.asarray(embeddings, dtype=np.float32), copy=False)  # as the assign stage does
-    cells = refine.refine_layout(vectors, cells, rows, cols)
-    step("refinement")
+    # As refine_layout runs them (every photo placed, so no subset is projected).
+    components, _ = refine.projected(vectors, refine.SWAP_DIMS)
+    step(f"refinement: PCA-{components.shape[1]}")
+    all_pairs = None
+    if len(components) <= refine.PAIR_MATRIX_UP_TO:
+        all_pairs, components = refine.pair_distances(components), None
+        step("refinement: every pair's distance")
+    starts, best_cost, best = refine.starts_for(n_points), np.inf, cells
+    for start in range(starts):
+        swapped = refine.swap_layout(
+            components, cells, rows, cols, seed=refine.SEED + start, all_pairs=all_pairs
+        )  # fmt: skip
+        cost = refine.neighbour_cost(components, swapped, rows, cols, all_pairs) if starts > 1 else 0.0
+        if cost < best_cost:
+            best_cost, best = cost, swapped
+    cells = best
+    step(f"refinement: swaps ({starts} start{'s' if starts > 1 else ''})")
     quality.layout_quality(vectors, cells, cols)
     step("quality numbers")
     print(json.dumps(steps))
@@ -234,13 +250,31 @@ def run_child(*arguments, pythonpath: str | None = None, settings: list[str] = (
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def print_stages(n: int, source: str, runs: list) -> None:
+    """The median seconds of each step over the runs (a fresh process each), each run's,
+    and the peak memory after it."""
+    failed = [r for r in runs if not isinstance(r, list)]
+    if failed:
+        print(f"N = {n:,}: {failed[0].get('error', failed[0])}", flush=True)
+        return
+    print(f"N = {n:,} ({source}), gridtsne step by step, median of {len(runs)} runs:", flush=True)
+    for index, first in enumerate(runs[0]):
+        seconds = [run[index]["seconds"] for run in runs]
+        peak = max(run[index]["peak_mib"] for run in runs)
+        each = " ".join(f"{value:.3f}" for value in seconds)
+        median = statistics.median(seconds)
+        print(f"  {first['step']:<45} {median:8.3f} s {peak:8.0f} MiB peak so far  ({each})")
+    totals = [sum(step["seconds"] for step in run[1:]) for run in runs]  # all but the load, as child times
+    print(f"  {'reduce + assign (the steps above)':<45} {statistics.median(totals):8.3f} s", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 10000, 100000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*")
     parser.add_argument("--real", nargs="+", metavar="NPY", help="real embeddings (see the docstring)")
-    parser.add_argument("--stages", action="store_true", help="gridtsne's steps one by one, once per size")
+    parser.add_argument("--stages", action="store_true", help="gridtsne's steps one by one, --repeats runs")
     parser.add_argument("--compare-with", metavar="DIR", help="add 'before': gridtsne imported from DIR")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="MODULE.NAME=VALUE", help="gridtsne's constants"
@@ -268,11 +302,7 @@ def main():
             # (Linux carries it over exec), so this process must stay small.
             source = run_child("--prepare", str(n), str(path), *(args.real or []))["source"]
             if args.stages:
-                steps = run_child("--stages-child", str(path))
-                print(f"N = {n:,} ({source}), gridtsne step by step:", flush=True)
-                for s in steps if isinstance(steps, list) else [steps]:
-                    seconds, peak = s.get("seconds", 0), s.get("peak_mib", 0)
-                    print(f"  {s.get('step', s)!s:<45} {seconds:8.1f} s {peak:8.0f} MiB peak so far")
+                print_stages(n, source, [run_child("--stages-child", str(path)) for _ in range(args.repeats)])
                 continue
             print(f"\nN = {n:,} ({source}); median of the runs, ratios to gridtsne's", flush=True)
             print(f"{'method':<9} {'runs':>4} {'seconds':>8} {'peak MiB':>9} {'x time':>7} {'x memory':>8} "
