@@ -47,6 +47,24 @@ def test_pca_of_fewer_points_than_dimensions_matches_the_covariance_route():
     assert np.allclose(through_gram, expected, atol=1e-8)
 
 
+def test_pca_of_unit_rows_chunk_by_chunk_matches_an_svd_of_them_all(monkeypatch):
+    """reduce's PCA at N > D: float32 rows scaled and multiplied a chunk at a time, never
+    copied whole, give the components of an SVD of all the scaled rows at once."""
+    from gridtsne import vectors as vectors_module
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(3000, 64)) * 0.9 ** np.arange(64)).astype(np.float32)
+    monkeypatch.setattr(vectors_module, "PCA_CHUNK_ROWS", 256)  # twelve chunks
+    ours = pca(x, 8, unit_rows=True)
+    rows = normalise(x.astype(np.float64))
+    centred = rows - rows.mean(axis=0)
+    _, _, directions = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ directions[:8].T
+    expected *= np.sign(expected[np.abs(expected).argmax(axis=0), np.arange(8)])
+    assert ours.dtype == np.float64
+    assert np.allclose(ours, expected, atol=1e-8)
+
+
 def test_normalise_gives_unit_rows_and_leaves_zero_rows_alone():
     rows = normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
     assert rows.tolist() == [[0.6, 0.8], [0.0, 0.0]]
