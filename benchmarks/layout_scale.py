@@ -170,19 +170,11 @@ def stages_child(path: str) -> None:
     # As refine_layout runs them (every photo placed, so no subset is projected).
     components, _ = refine.projected(vectors, refine.SWAP_DIMS)
     step(f"refinement: PCA-{components.shape[1]}")
-    all_pairs = None
-    if len(components) <= refine.PAIR_MATRIX_UP_TO:
-        all_pairs, components = refine.pair_distances(components), None
+    components, all_pairs = refine.swap_inputs(components)
+    if all_pairs is not None:
         step("refinement: every pair's distance")
-    starts, best_cost, best = refine.starts_for(n_points), np.inf, cells
-    for start in range(starts):
-        swapped = refine.swap_layout(
-            components, cells, rows, cols, seed=refine.SEED + start, all_pairs=all_pairs
-        )  # fmt: skip
-        cost = refine.neighbour_cost(components, swapped, rows, cols, all_pairs) if starts > 1 else 0.0
-        if cost < best_cost:
-            best_cost, best = cost, swapped
-    cells = best
+    starts = refine.starts_for(n_points)
+    cells = refine.best_of_starts(components, cells, rows, cols, starts, all_pairs=all_pairs)
     step(f"refinement: swaps ({starts} start{'s' if starts > 1 else ''})")
     quality.layout_quality(vectors, cells, cols)
     step("quality numbers")

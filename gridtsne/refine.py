@@ -686,19 +686,50 @@ def refine_layout(
     else:
         components = np.zeros((len(vectors), min(SWAP_DIMS, np.shape(vectors)[1])), dtype=np.float32)
         components[placed], basis = projected(np.asarray(vectors)[placed], SWAP_DIMS, basis)
-    all_pairs = None
+    components, all_pairs = swap_inputs(components)
+    best = best_of_starts(
+        components, cell_of_image, rows, cols, starts_for(n_placed) if starts is None else starts,
+        all_pairs=all_pairs, seed=seed, movable=movable, home=home, stay_cost=stay_cost, leave=leave,
+        on_progress=on_progress,
+    )  # fmt: skip
+    return result(best, basis)
+
+
+def swap_inputs(components: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What the swaps read: (components, None), or up to ``PAIR_MATRIX_UP_TO`` images
+    (None, ``pair_distances(components)``)."""
     if len(components) <= PAIR_MATRIX_UP_TO:
-        all_pairs, components = pair_distances(components), None
+        return None, pair_distances(components)
+    return components, None
+
+
+def best_of_starts(
+    components: np.ndarray | None,
+    cell_of_image: np.ndarray,
+    rows: int,
+    cols: int,
+    starts: int,
+    *,
+    all_pairs: np.ndarray | None = None,
+    seed: int = SEED,
+    movable: np.ndarray | None = None,
+    home: np.ndarray | None = None,
+    stay_cost: float = 0.0,
+    leave: float = 0.0,
+    on_progress=lambda fraction: None,
+) -> np.ndarray:
+    """``swap_layout`` from ``starts`` seeds (``seed``, ``seed + 1``, ...) with the same
+    options, and the grid of the lowest ``neighbour_cost`` (the first of equals: the result
+    does not depend on timing). ``on_progress(fraction)`` is told as each start ends."""
     best_cost, best = np.inf, cell_of_image
-    total = starts_for(n_placed) if starts is None else starts
-    for start in range(total):
+    for start in range(starts):
         cells = swap_layout(
             components, cell_of_image, rows, cols, seed=seed + start, movable=movable, home=home,
             stay_cost=stay_cost, leave=leave, all_pairs=all_pairs,
         )  # fmt: skip
         # One start has nothing to choose between: the whole grid's objective is not needed.
-        cost = neighbour_cost(components, cells, rows, cols, all_pairs) if total > 1 else 0.0
-        if cost < best_cost:  # the first of equals: the result does not depend on timing
+        cost = neighbour_cost(components, cells, rows, cols, all_pairs) if starts > 1 else 0.0
+        if cost < best_cost:
             best_cost, best = cost, cells
-        on_progress((start + 1) / total)
-    return result(best, basis)
+        on_progress((start + 1) / starts)
+    return best
